@@ -1,0 +1,1 @@
+//! cgroups v1 and v2 (stub, being written).

@@ -1,0 +1,1 @@
+//! seccomp-bpf filter kept as data (stub, being written).
