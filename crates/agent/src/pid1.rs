@@ -1,0 +1,297 @@
+//! The agent as PID 1 of the sandbox: finishes confinement, runs the command, reaps every
+//! orphan, and when the command ends kills whatever it left behind before reporting.
+//!
+//! PID 1 ignores signals from inside its namespace unless it installs handlers, and it installs
+//! none: SIGCHLD is blocked and read from a signalfd. It is non-dumpable, so the command (same
+//! uid) cannot open /proc/1/mem or /proc/1/fd.
+
+use crate::changes;
+use crate::protocol::{AgentMsg, SupervisorMsg, Termination, read_frame, write_frame};
+use std::ffi::CString;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use stockade_jail::plan::{Rlimit, SandboxPlan};
+use stockade_jail::rootfs::{self, PreOpened};
+use stockade_jail::seccomp::SeccompProgram;
+use stockade_jail::{confine, sys};
+
+/// Most entries an overlay change report carries.
+const CHANGE_LIMIT: usize = 100_000;
+
+fn exit(code: i32) -> ! {
+    // SAFETY: _exit never returns; skipping atexit handlers is intended in PID 1.
+    unsafe { libc::_exit(code) }
+}
+
+fn setup_failed(ctrl: &mut UnixStream, message: String) -> ! {
+    let _ = write_frame(ctrl, &AgentMsg::SetupFailed { message });
+    exit(125)
+}
+
+/// Runs as PID 1 until the command ends; never returns.
+pub fn run(plan: &SandboxPlan, pre: PreOpened, mut ctrl: UnixStream, allow_weaker: bool) -> ! {
+    let built = match rootfs::build(plan, pre) {
+        Ok(b) => b,
+        Err(e) => setup_failed(&mut ctrl, format!("building the sandbox root: {e}")),
+    };
+    if let Err(e) = sys::sethostname(&plan.hostname) {
+        setup_failed(&mut ctrl, format!("setting hostname: {e}"));
+    }
+    if let Err(e) = sys::loopback_up() {
+        setup_failed(&mut ctrl, format!("bringing up loopback: {e}"));
+    }
+    if let Err(e) = std::env::set_current_dir(&plan.cwd) {
+        setup_failed(&mut ctrl, format!("entering {}: {e}", plan.cwd.display()));
+    }
+    for r in &plan.rlimits {
+        let (res, v, what) = match *r {
+            Rlimit::NoFile(v) => (libc::RLIMIT_NOFILE, v, "open files"),
+            Rlimit::Core(v) => (libc::RLIMIT_CORE, v, "core size"),
+            Rlimit::FileSize(v) => (libc::RLIMIT_FSIZE, v, "file size"),
+        };
+        if let Err(e) = sys::lower_rlimit(res, v) {
+            setup_failed(&mut ctrl, format!("setting the {what} limit: {e}"));
+        }
+    }
+    let seccomp = match plan.seccomp.as_deref().map(SeccompProgram::from_bytes).transpose() {
+        Ok(p) => p,
+        Err(e) => setup_failed(&mut ctrl, format!("loading the seccomp program: {e}")),
+    };
+    let mut ruleset = match confine::prepare_landlock(&plan.landlock) {
+        Ok(r) => r,
+        Err(e) => setup_failed(&mut ctrl, e.to_string()),
+    };
+    // The agent alone reads the overlay's layers (through descriptors, no path leads there).
+    let layer_paths: Option<(PathBuf, PathBuf)> = match (&built.overlay_upper, &built.overlay_lower) {
+        (Some(u), Some(l)) => Some((fd_path(u), fd_path(l))),
+        _ => None,
+    };
+    if let (Some(rs), Some(u), Some(l)) = (ruleset.take(), &built.overlay_upper, &built.overlay_lower) {
+        use landlock::{ABI, Access, AccessFs, PathBeneath, RulesetCreatedAttr};
+        let read = AccessFs::from_read(ABI::V6);
+        match rs.add_rule(PathBeneath::new(u, read)).and_then(|rs| rs.add_rule(PathBeneath::new(l, read))) {
+            Ok(rs) => ruleset = Some(rs),
+            Err(e) => setup_failed(&mut ctrl, format!("landlock: {e}")),
+        }
+    }
+    if let Err(e) = confine::drop_privileges(plan.uid, plan.gid, plan.idmap_host_uid.is_some()) {
+        setup_failed(&mut ctrl, e.to_string());
+    }
+    let enforced = match confine::restrict(ruleset, plan.landlock.required, allow_weaker, seccomp.as_ref()) {
+        Ok(e) => e,
+        Err(e) => setup_failed(&mut ctrl, e.to_string()),
+    };
+    let sfd = match block_sigchld() {
+        Ok(fd) => fd,
+        Err(e) => setup_failed(&mut ctrl, format!("signalfd: {e}")),
+    };
+    let pid = match spawn(plan) {
+        Ok(pid) => pid,
+        Err((code, message)) => {
+            let _ = write_frame(&mut ctrl, &AgentMsg::ExecFailed { code, message });
+            exit(code)
+        }
+    };
+    if write_frame(&mut ctrl, &AgentMsg::Started { enforced, pid }).is_err() {
+        kill_all_and_reap();
+        exit(125);
+    }
+    let termination = wait_main(pid, &sfd, &mut ctrl);
+    kill_all_and_reap();
+    let (changes, changes_error) = match layer_paths {
+        Some((u, l)) => match changes::overlay_changes(&u, &l, CHANGE_LIMIT) {
+            Ok(c) => (Some(c), None),
+            Err(e) => (None, Some(e.to_string())),
+        },
+        None => (None, None),
+    };
+    let _ = write_frame(&mut ctrl, &AgentMsg::Exited { termination, changes, changes_error });
+    exit(0)
+}
+
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+fn block_sigchld() -> io::Result<OwnedFd> {
+    // SAFETY: `set` is a valid sigset_t on this frame, initialised by sigemptyset before use;
+    // sigprocmask/signalfd read it only during the calls. PID 1 is single-threaded.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Finds `name` on PATH the way execvp would; (126|127, message) when it cannot be run.
+fn resolve(name: &str, path_var: &str) -> Result<PathBuf, (i32, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let check = |p: &Path| -> Result<PathBuf, (i32, String)> {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => Err((126, format!("{}: is a directory", p.display()))),
+            Ok(m) if m.permissions().mode() & 0o111 == 0 => Err((126, format!("{}: permission denied", p.display()))),
+            Ok(_) => Ok(p.to_path_buf()),
+            Err(_) => Err((127, format!("{}: not found inside the sandbox", p.display()))),
+        }
+    };
+    if name.contains('/') {
+        return check(Path::new(name));
+    }
+    let mut first_denied = None;
+    for dir in path_var.split(':').filter(|d| !d.is_empty()) {
+        let cand = Path::new(dir).join(name);
+        match check(&cand) {
+            Ok(p) => return Ok(p),
+            Err((126, m)) if first_denied.is_none() => first_denied = Some((126, m)),
+            Err(_) => {}
+        }
+    }
+    Err(first_denied.unwrap_or((127, format!("{name}: command not found inside the sandbox"))))
+}
+
+fn cstring(s: &[u8]) -> Result<CString, (i32, String)> {
+    CString::new(s).map_err(|_| (126, "argument or environment contains a NUL byte".to_string()))
+}
+
+/// Forks and execs the command in its own session. Reports exec failures through a CLOEXEC pipe.
+fn spawn(plan: &SandboxPlan) -> Result<i32, (i32, String)> {
+    let argv0 = plan.argv.first().ok_or((125, "no command given".to_string()))?;
+    let path_var = plan.env.iter().find(|(k, _)| k == "PATH").map_or("/usr/bin:/bin", |(_, v)| v.as_str());
+    let exe = resolve(argv0, path_var)?;
+    let exe_c = cstring(exe.as_os_str().as_bytes())?;
+    let argv: Vec<CString> = plan.argv.iter().map(|a| cstring(a.as_bytes())).collect::<Result<_, _>>()?;
+    let envp: Vec<CString> =
+        plan.env.iter().map(|(k, v)| cstring(format!("{k}={v}").as_bytes())).collect::<Result<_, _>>()?;
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
+    envp_p.push(std::ptr::null());
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid out-array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err((125, format!("pipe: {}", io::Error::last_os_error())));
+    }
+    // SAFETY: fork in PID 1, which is single-threaded. Between fork and exec the child only calls
+    // async-signal-safe functions on memory prepared above (argv/envp pointers stay valid: the
+    // child has its own copy of this stack and heap).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err((125, format!("fork: {}", io::Error::last_os_error())));
+    }
+    if pid == 0 {
+        // SAFETY: child side; see above. Every call is async-signal-safe and touches only data
+        // owned by this frame. On any failure the child reports errno and exits.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            libc::setsid();
+            let adj = b"500";
+            let f = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if f >= 0 {
+                libc::write(f, adj.as_ptr().cast(), adj.len());
+                libc::close(f);
+            }
+            libc::execve(exe_c.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr());
+            let e: i32 = *libc::__errno_location();
+            libc::write(fds[1], (&e as *const i32).cast(), 4);
+            libc::_exit(127);
+        }
+    }
+    // SAFETY: we own both pipe ends; closing the write end lets the read see EOF on a successful exec.
+    unsafe { libc::close(fds[1]) };
+    // SAFETY: fds[0] is our read end, owned from here by `r`.
+    let mut r = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+    let mut buf = [0u8; 4];
+    match r.read(&mut buf) {
+        Ok(4) => {
+            let e = i32::from_ne_bytes(buf);
+            let _ = sys::waitpid(pid, 0);
+            let code = if e == libc::ENOENT { 127 } else { 126 };
+            Err((code, format!("{}: {}", exe.display(), io::Error::from_raw_os_error(e))))
+        }
+        _ => Ok(pid),
+    }
+}
+
+/// Waits for the command, reaping orphans; a Stop message or a lost supervisor ends it early.
+fn wait_main(pid: i32, sfd: &OwnedFd, ctrl: &mut UnixStream) -> Termination {
+    loop {
+        if let Some(t) = reap(pid) {
+            return t;
+        }
+        let mut pfd = [
+            libc::pollfd { fd: sfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: ctrl.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: `pfd` is a valid array of two pollfd structs for the duration of the call.
+        let n = unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            continue;
+        }
+        if pfd[0].revents != 0 {
+            let mut info = [0u8; 128];
+            // SAFETY: draining the signalfd into a stack buffer of the documented record size.
+            while unsafe { libc::read(sfd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) } > 0 {}
+        }
+        if pfd[1].revents != 0 {
+            match read_frame::<SupervisorMsg>(ctrl) {
+                Ok(Some(SupervisorMsg::Stop)) | Ok(None) | Err(_) => {
+                    kill_all_and_reap();
+                    return reap_blocking(pid);
+                }
+            }
+        }
+    }
+}
+
+fn decode(status: i32) -> Termination {
+    if libc::WIFSIGNALED(status) {
+        Termination::Signaled(libc::WTERMSIG(status))
+    } else {
+        Termination::Exited(libc::WEXITSTATUS(status))
+    }
+}
+
+/// Reaps every exited child without blocking; returns the command's termination if it was among them.
+fn reap(main: i32) -> Option<Termination> {
+    let mut result = None;
+    while let Ok((p, st)) = sys::waitpid(-1, libc::WNOHANG) {
+        if p <= 0 {
+            break;
+        }
+        if p == main {
+            result = Some(decode(st));
+        }
+    }
+    result
+}
+
+fn reap_blocking(main: i32) -> Termination {
+    match sys::waitpid(main, 0) {
+        Ok((_, st)) => decode(st),
+        Err(_) => Termination::Signaled(libc::SIGKILL),
+    }
+}
+
+/// Kills every other process of the namespace and reaps them all.
+fn kill_all_and_reap() {
+    // SAFETY: kill(-1) from PID 1 signals every process of this PID namespace but itself.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    while let Ok((p, _)) = sys::waitpid(-1, 0) {
+        if p <= 0 {
+            break;
+        }
+    }
+}

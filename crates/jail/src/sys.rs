@@ -1,0 +1,363 @@
+//! Thin, checked wrappers over the raw Linux syscalls the jail needs and that `rustix` does not
+//! cover (the new mount API, namespaced clone, capability sets, `SIOCSIFFLAGS`).
+//!
+//! Every function returns `io::Error` built from `errno`; none panics. Callers between `clone`
+//! and `exec` run in a single-threaded process (the launcher is a freshly exec'd helper), so
+//! allocation there is safe; see `launch.rs`.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+// New mount API constants (include/uapi/linux/mount.h); spelled out because libc lacks some.
+pub const OPEN_TREE_CLONE: u32 = 1;
+pub const OPEN_TREE_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
+pub const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x0000_0004;
+pub const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
+pub const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x0000_0008;
+const AT_RECURSIVE: u32 = 0x8000;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Converts a path to a NUL-terminated C string, rejecting interior NULs.
+pub fn cstr(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn check_int(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// `clone(flags | SIGCHLD)` without a new stack: behaves like `fork` (returns 0 in the child).
+///
+/// # Safety
+/// The calling process must be single-threaded: the child continues running Rust code with a
+/// copy of the parent's memory, which is only sound when no other thread could hold a lock.
+pub unsafe fn clone_fork(flags: libc::c_ulong) -> io::Result<libc::pid_t> {
+    // SAFETY: a NULL stack makes the kernel use a copy-on-write copy of the current stack, exactly
+    // like fork(2); the caller guarantees no other thread exists, so no lock is held mid-update.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags | libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    check(ret).map(|r| r as libc::pid_t)
+}
+
+/// `unshare(2)`.
+pub fn unshare(flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: unshare takes no pointers; it only changes this thread's namespace membership.
+    check_int(unsafe { libc::unshare(flags) }).map(drop)
+}
+
+/// `open_tree(path, OPEN_TREE_CLONE [| AT_RECURSIVE])`: a detached copy of the mount at `path`.
+pub fn open_tree_clone(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
+    let c = cstr(path)?;
+    let mut flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call; the kernel returns a
+    // new file descriptor that we take sole ownership of below.
+    let fd = check(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) })?;
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `mount_setattr` on a mount fd (empty path), optionally recursive.
+pub fn mount_setattr_fd(fd: &OwnedFd, set: u64, clear: u64, recursive: bool) -> io::Result<()> {
+    let attr = MountAttr { attr_set: set, attr_clr: clear, propagation: 0, userns_fd: 0 };
+    let mut flags = libc::AT_EMPTY_PATH as u32;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
+    // SAFETY: `attr` lives on this stack frame for the whole call and its size is passed; the
+    // empty path is a static NUL-terminated string; `fd` is a live descriptor we borrow.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// `mount_setattr` on a path (not recursive unless asked).
+pub fn mount_setattr_path(path: &Path, set: u64, recursive: bool) -> io::Result<()> {
+    let c = cstr(path)?;
+    let attr = MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let flags = if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: `c` and `attr` outlive the call; the size passed matches the struct.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// `move_mount(fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`: attach a detached tree.
+pub fn move_mount_fd(fd: &OwnedFd, target: &Path) -> io::Result<()> {
+    let c = cstr(target)?;
+    // SAFETY: both strings are NUL-terminated and outlive the call; `fd` is borrowed, not closed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// Classic `mount(2)`.
+pub fn mount(
+    source: Option<&CStr>,
+    target: &Path,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+    data: Option<&CStr>,
+) -> io::Result<()> {
+    let t = cstr(target)?;
+    let p = |o: Option<&CStr>| o.map_or(std::ptr::null(), CStr::as_ptr);
+    // SAFETY: every pointer is either NULL (allowed for these arguments) or a NUL-terminated
+    // string borrowed for the duration of the call.
+    let ret = unsafe {
+        libc::mount(p(source), t.as_ptr(), p(fstype), flags, p(data).cast::<libc::c_void>())
+    };
+    check_int(ret).map(drop)
+}
+
+/// `umount2(target, flags)`.
+pub fn umount2(target: &Path, flags: libc::c_int) -> io::Result<()> {
+    let t = cstr(target)?;
+    // SAFETY: `t` is a NUL-terminated string that outlives the call.
+    check_int(unsafe { libc::umount2(t.as_ptr(), flags) }).map(drop)
+}
+
+/// `pivot_root(".", ".")` from the current directory (the new root), the idiom that needs no
+/// directory for the old root: the old root ends up stacked under the new one and is detached next.
+pub fn pivot_root_here() -> io::Result<()> {
+    // SAFETY: both arguments are static NUL-terminated strings.
+    check(unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) }).map(drop)
+}
+
+/// `sethostname(2)` in the current UTS namespace.
+pub fn sethostname(name: &str) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `name`'s bytes, which outlive the call.
+    check_int(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }).map(drop)
+}
+
+/// Brings the loopback interface of the current network namespace up (`SIOCSIFFLAGS`).
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: socket() takes no pointers; the returned fd is owned by `sock` below.
+    let fd = check_int(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: `req` is a properly initialised ifreq living on this frame; the ioctl reads it.
+    check_int(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map(drop)
+}
+
+/// Drops every capability from the bounding set (needs CAP_SETPCAP in the current user namespace).
+pub fn drop_bounding_set() -> io::Result<()> {
+    for cap in 0..64 {
+        // SAFETY: prctl(PR_CAPBSET_DROP, cap) takes integers only.
+        let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                break; // past the last capability this kernel knows
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Clears the ambient set and the effective, permitted and inheritable sets of this thread.
+pub fn clear_capabilities() -> io::Result<()> {
+    // SAFETY: integer-only prctl.
+    check_int(unsafe {
+        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0)
+    })?;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let hdr = Header { version: 0x2008_0522, pid: 0 }; // _LINUX_CAPABILITY_VERSION_3
+    let data = [Data { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    // SAFETY: header and the two-element data array (the v3 layout) live on this frame for the call.
+    check(unsafe { libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) }).map(drop)
+}
+
+/// Reads the effective capability mask of this thread from /proc (for verification and tests).
+pub fn effective_caps_zero() -> io::Result<bool> {
+    let s = std::fs::read_to_string("/proc/self/status")?;
+    Ok(s.lines()
+        .filter(|l| l.starts_with("CapEff:") || l.starts_with("CapPrm:") || l.starts_with("CapBnd:") || l.starts_with("CapAmb:"))
+        .all(|l| l.split_whitespace().nth(1).is_some_and(|v| v.chars().all(|c| c == '0'))))
+}
+
+pub fn setresgid(g: u32) -> io::Result<()> {
+    // SAFETY: integer-only syscall (raw, so it affects only this thread: the process is single-threaded).
+    check(unsafe { libc::syscall(libc::SYS_setresgid, g, g, g) }).map(drop)
+}
+
+pub fn setresuid(u: u32) -> io::Result<()> {
+    // SAFETY: integer-only syscall; the process is single-threaded so per-thread creds are the process's.
+    check(unsafe { libc::syscall(libc::SYS_setresuid, u, u, u) }).map(drop)
+}
+
+/// `setgroups(0, NULL)`: drop every supplementary group.
+pub fn clear_groups() -> io::Result<()> {
+    // SAFETY: a zero count with a NULL list is the documented way to clear the groups.
+    check(unsafe { libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) }).map(drop)
+}
+
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: integer-only prctl.
+    check_int(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }).map(drop)
+}
+
+pub fn set_dumpable(on: bool) -> io::Result<()> {
+    // SAFETY: integer-only prctl.
+    check_int(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, libc::c_ulong::from(on), 0, 0, 0) }).map(drop)
+}
+
+/// Asks the kernel to send `sig` to this process when its parent thread exits.
+pub fn set_parent_death_signal(sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: integer-only prctl.
+    check_int(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) }).map(drop)
+}
+
+/// Lowers (never raises) a resource limit: both values are clamped to the current hard limit,
+/// since this host's root lacks CAP_SYS_RESOURCE.
+pub fn lower_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
+    let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `cur` is a valid out-pointer on this frame.
+    check_int(unsafe { libc::getrlimit(resource, &mut cur) })?;
+    let v = value.min(cur.rlim_max);
+    let new = libc::rlimit { rlim_cur: v, rlim_max: v };
+    // SAFETY: `new` is a valid in-pointer on this frame.
+    check_int(unsafe { libc::setrlimit(resource, &new) }).map(drop)
+}
+
+/// `pidfd_open(pid, 0)`.
+pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: integer-only syscall returning a new fd that we own.
+    let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `pidfd_send_signal(pidfd, sig)`: signals exactly the process the pidfd names, never a reused pid.
+pub fn pidfd_kill(pidfd: &OwnedFd, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: NULL siginfo is allowed; `pidfd` is a live descriptor.
+    check(unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0)
+    })
+    .map(drop)
+}
+
+/// Blocking `waitpid(pid)`, retried on EINTR; returns the raw wait status.
+pub fn waitpid(pid: libc::pid_t, flags: libc::c_int) -> io::Result<(libc::pid_t, libc::c_int)> {
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is a valid out-pointer on this frame.
+        let r = unsafe { libc::waitpid(pid, &mut status, flags) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok((r, status));
+    }
+}
+
+/// Clears FD_CLOEXEC so `fd` survives exec (used right before exec of the launcher).
+pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl with F_SETFD and an integer flag takes no pointers.
+    check_int(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }).map(drop)
+}
+
+/// Closes every descriptor from `first` upward except those listed (close_range where possible).
+pub fn close_fds_from(first: RawFd) -> io::Result<()> {
+    // SAFETY: close_range takes integers only; descriptors >= `first` are by contract not owned by
+    // any live Rust object in this process (the caller is a freshly exec'd helper or a child about
+    // to exec).
+    check(unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, u32::MAX, 0) }).map(drop)
+}
+
+/// Makes a detached mount tree idmapped through the user namespace `userns` (recursively).
+pub fn mount_setattr_idmap(fd: &OwnedFd, userns: &OwnedFd) -> io::Result<()> {
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
+    // SAFETY: `attr` outlives the call and its size is passed; both descriptors are borrowed live fds.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as u32 | AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(ret).map(drop)
+}
