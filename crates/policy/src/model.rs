@@ -1,0 +1,281 @@
+//! The policy data model: plain types with serde derives and the documented defaults.
+//!
+//! Every struct is `deny_unknown_fields` and `default`, so a JSON or TOML document may name any
+//! subset of keys. The TOML front door ([`crate::Policy::from_toml`]) does not go through these
+//! derives for the top level; it walks the spanned document itself (see `spans.rs`) so that every
+//! error carries a line and column. The derives serve JSON, the canonical digest and nested values.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::size::ByteSize;
+
+/// The complete sandbox policy. See the crate docs for the file format.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Format version; only `1` is accepted.
+    pub version: u32,
+    /// Isolation level (backend).
+    pub level: Level,
+    pub workspace: Workspace,
+    pub filesystem: Filesystem,
+    pub process: Process,
+    pub limits: Limits,
+    pub security: Security,
+    pub network: Network,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            version: 1,
+            level: Level::Container,
+            workspace: Workspace::default(),
+            filesystem: Filesystem::default(),
+            process: Process::default(),
+            limits: Limits::default(),
+            security: Security::default(),
+            network: Network::default(),
+        }
+    }
+}
+
+/// Isolation level. Only `Container` is implemented; the others parse and fail validation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    #[default]
+    Container,
+    Gvisor,
+    Microvm,
+}
+
+impl Level {
+    /// The name used in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Container => "container",
+            Level::Gvisor => "gvisor",
+            Level::Microvm => "microvm",
+        }
+    }
+}
+
+/// The workspace: the one writable host directory.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Workspace {
+    /// Host directory as written; `None` means the caller's current directory. Relative paths
+    /// are kept as given and resolved by the caller (see [`Workspace::resolve`]).
+    pub path: Option<PathBuf>,
+    pub mode: WorkspaceMode,
+    /// Keep `.git/hooks` and `.git/config` read-only inside a writable workspace.
+    pub protect_git: bool,
+    /// Allow `/`, the home directory, `/etc`, `/usr`, ... as the workspace.
+    pub allow_system_path: bool,
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        Workspace {
+            path: None,
+            mode: WorkspaceMode::Rw,
+            protect_git: true,
+            allow_system_path: false,
+        }
+    }
+}
+
+impl Workspace {
+    /// The workspace directory for a caller whose base directory (current directory, or the
+    /// directory holding the policy file) is `base`. Purely lexical: `.` components are dropped,
+    /// nothing is looked up on disk, `..` is kept for the caller's canonicalisation.
+    pub fn resolve(&self, base: &std::path::Path) -> PathBuf {
+        let joined = match &self.path {
+            None => base.to_path_buf(),
+            Some(p) => base.join(p),
+        };
+        joined.components().collect()
+    }
+}
+
+/// How the workspace appears inside the sandbox.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkspaceMode {
+    /// Writable bind of the host directory.
+    #[default]
+    Rw,
+    /// Read-only bind.
+    Ro,
+    /// Writes go to a throwaway upper layer and are listed at the end.
+    Overlay,
+    /// An empty tmpfs; the host directory is not mounted at all.
+    Tmp,
+}
+
+impl WorkspaceMode {
+    /// The name used in policy files and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkspaceMode::Rw => "rw",
+            WorkspaceMode::Ro => "ro",
+            WorkspaceMode::Overlay => "overlay",
+            WorkspaceMode::Tmp => "tmp",
+        }
+    }
+}
+
+/// Extra host paths and /etc entries.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Filesystem {
+    pub mounts: Vec<Mount>,
+    /// Names relative to `/etc` added to the curated `/etc`.
+    pub etc_extra: Vec<String>,
+}
+
+/// One extra bind mount.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    /// Absolute host path.
+    pub host: PathBuf,
+    /// Absolute path inside the sandbox; `None` means the same as `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub mode: MountMode,
+}
+
+impl Mount {
+    /// The path inside the sandbox.
+    pub fn target(&self) -> &std::path::Path {
+        self.path.as_deref().unwrap_or(&self.host)
+    }
+}
+
+/// Access mode of an extra mount.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountMode {
+    #[default]
+    Ro,
+    Rw,
+}
+
+impl MountMode {
+    /// The name used in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MountMode::Ro => "ro",
+            MountMode::Rw => "rw",
+        }
+    }
+}
+
+/// The sandboxed process's identity and environment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Process {
+    pub uid: u32,
+    pub gid: u32,
+    pub hostname: String,
+    /// Extra variables set inside.
+    pub env: BTreeMap<String, String>,
+    /// Names of host variables passed through.
+    pub env_pass: Vec<String>,
+}
+
+impl Default for Process {
+    fn default() -> Self {
+        Process {
+            uid: 1000,
+            gid: 1000,
+            hostname: "stockade".to_string(),
+            env: BTreeMap::new(),
+            env_pass: Vec::new(),
+        }
+    }
+}
+
+/// Resource limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub memory: ByteSize,
+    pub swap: ByteSize,
+    pub cpus: f64,
+    pub pids: u64,
+    #[serde(with = "crate::duration::humane")]
+    pub timeout: Duration,
+    pub disk: ByteSize,
+    pub max_output: ByteSize,
+    pub open_files: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: ByteSize::gib(1),
+            swap: ByteSize(0),
+            cpus: 1.0,
+            pids: 256,
+            timeout: Duration::from_secs(600),
+            disk: ByteSize::gib(1),
+            max_output: ByteSize::mib(16),
+            open_files: 1024,
+        }
+    }
+}
+
+/// Kernel walls. Turning one off needs `allow_weaker_isolation`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Security {
+    pub seccomp: bool,
+    pub landlock: bool,
+    pub allow_weaker_isolation: bool,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            seccomp: true,
+            landlock: true,
+            allow_weaker_isolation: false,
+        }
+    }
+}
+
+/// Network policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Network {
+    pub mode: NetworkMode,
+}
+
+/// Network mode. Only `None` (loopback only) is implemented.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    #[default]
+    None,
+    Allowlist,
+    Open,
+}
+
+impl NetworkMode {
+    /// The name used in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::None => "none",
+            NetworkMode::Allowlist => "allowlist",
+            NetworkMode::Open => "open",
+        }
+    }
+}

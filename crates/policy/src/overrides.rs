@@ -1,0 +1,174 @@
+//! Command-line overrides: flags win over the file, then the whole policy is validated again.
+//! Errors in a value a flag set name that flag (`--memory: ...`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{PolicyError, PolicyErrors};
+use crate::model::{Mount, Policy, WorkspaceMode};
+use crate::size::ByteSize;
+
+/// Values given on the command line. `None`/empty means "keep the policy's value".
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Overrides {
+    pub workspace: Option<PathBuf>,
+    pub workspace_mode: Option<WorkspaceMode>,
+    pub allow_system_path: Option<bool>,
+    pub protect_git: Option<bool>,
+    /// Set or replace variables in `process.env`.
+    pub env: Vec<(String, String)>,
+    /// Added to `process.env_pass` (duplicates ignored).
+    pub env_pass: Vec<String>,
+    pub memory: Option<ByteSize>,
+    pub swap: Option<ByteSize>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
+    pub timeout: Option<Duration>,
+    pub disk: Option<ByteSize>,
+    pub max_output: Option<ByteSize>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Added to `filesystem.mounts`; a flag mount replaces a file mount with the same target.
+    pub mounts: Vec<Mount>,
+    pub allow_weaker_isolation: Option<bool>,
+    pub seccomp: Option<bool>,
+    pub landlock: Option<bool>,
+}
+
+/// The flag the CLI is expected to offer for each policy key (used to name flags in errors).
+pub const FLAGS: &[(&str, &str)] = &[
+    ("workspace.path", "--workspace"),
+    ("workspace.mode", "--workspace-mode"),
+    ("workspace.allow_system_path", "--allow-system-path"),
+    ("workspace.protect_git", "--protect-git"),
+    ("process.env", "--env"),
+    ("process.env_pass", "--env-pass"),
+    ("limits.memory", "--memory"),
+    ("limits.swap", "--swap"),
+    ("limits.cpus", "--cpus"),
+    ("limits.pids", "--pids"),
+    ("limits.timeout", "--timeout"),
+    ("limits.disk", "--disk"),
+    ("limits.max_output", "--max-output"),
+    ("process.uid", "--uid"),
+    ("process.gid", "--gid"),
+    ("filesystem.mounts", "--mount"),
+    (
+        "security.allow_weaker_isolation",
+        "--allow-weaker-isolation",
+    ),
+    ("security.seccomp", "--seccomp"),
+    ("security.landlock", "--landlock"),
+];
+
+fn flag(key: &str) -> &'static str {
+    FLAGS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map_or("--?", |(_, f)| f)
+}
+
+/// Does issue key `issue` fall under key path `set` (equal, or a child `set.x` / `set[i]`)?
+fn under(issue: &str, set: &str) -> bool {
+    issue
+        .strip_prefix(set)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+}
+
+impl Policy {
+    /// Apply command-line overrides on top (flags win), then validate again. On error the
+    /// policy is left unchanged. Problems with values set by a flag name the flag; any other
+    /// problem is reported against `policy` with its key.
+    pub fn apply(&mut self, o: &Overrides) -> Result<(), PolicyErrors> {
+        let mut p = self.clone();
+        let mut set: Vec<(String, &'static str)> = Vec::new();
+        let mut one = |key: &str| set.push((key.to_string(), flag(key)));
+
+        macro_rules! take {
+            ($src:expr, $dst:expr, $key:literal) => {
+                if let Some(v) = &$src {
+                    $dst = v.clone();
+                    one($key);
+                }
+            };
+        }
+        if let Some(w) = &o.workspace {
+            p.workspace.path = Some(w.clone());
+            one("workspace.path");
+        }
+        take!(o.workspace_mode, p.workspace.mode, "workspace.mode");
+        take!(
+            o.allow_system_path,
+            p.workspace.allow_system_path,
+            "workspace.allow_system_path"
+        );
+        take!(
+            o.protect_git,
+            p.workspace.protect_git,
+            "workspace.protect_git"
+        );
+        take!(o.memory, p.limits.memory, "limits.memory");
+        take!(o.swap, p.limits.swap, "limits.swap");
+        take!(o.cpus, p.limits.cpus, "limits.cpus");
+        take!(o.pids, p.limits.pids, "limits.pids");
+        take!(o.timeout, p.limits.timeout, "limits.timeout");
+        take!(o.disk, p.limits.disk, "limits.disk");
+        take!(o.max_output, p.limits.max_output, "limits.max_output");
+        take!(o.uid, p.process.uid, "process.uid");
+        take!(o.gid, p.process.gid, "process.gid");
+        take!(
+            o.allow_weaker_isolation,
+            p.security.allow_weaker_isolation,
+            "security.allow_weaker_isolation"
+        );
+        take!(o.seccomp, p.security.seccomp, "security.seccomp");
+        take!(o.landlock, p.security.landlock, "security.landlock");
+
+        for (k, v) in &o.env {
+            p.process.env.insert(k.clone(), v.clone());
+            set.push((format!("process.env.{k}"), "--env"));
+        }
+        for name in &o.env_pass {
+            if !p.process.env_pass.contains(name) {
+                p.process.env_pass.push(name.clone());
+                set.push((
+                    format!("process.env_pass[{}]", p.process.env_pass.len() - 1),
+                    "--env-pass",
+                ));
+            }
+        }
+        if !o.mounts.is_empty() {
+            p.filesystem
+                .mounts
+                .retain(|m| !o.mounts.iter().any(|f| f.target() == m.target()));
+            let first = p.filesystem.mounts.len();
+            p.filesystem.mounts.extend(o.mounts.iter().cloned());
+            for i in first..p.filesystem.mounts.len() {
+                set.push((format!("filesystem.mounts[{i}]"), "--mount"));
+            }
+        }
+
+        let issues = crate::validate::issues(&p);
+        if issues.is_empty() {
+            *self = p;
+            return Ok(());
+        }
+        let errors = issues
+            .into_iter()
+            .map(|i| {
+                let origin = set
+                    .iter()
+                    .find(|(k, _)| under(&i.key, k))
+                    .map_or("policy", |(_, f)| f);
+                PolicyError {
+                    origin: origin.to_string(),
+                    line: None,
+                    column: None,
+                    key: Some(i.key),
+                    message: i.message,
+                }
+            })
+            .collect();
+        Err(PolicyErrors(errors))
+    }
+}

@@ -1,0 +1,242 @@
+//! `stockade policy show`: the effective policy as commented TOML, and the one-line description
+//! of every default that `stockade run --help` prints. Both read [`describe_defaults`], so the
+//! help text and the file comments cannot drift apart; the defaults themselves come from
+//! `Policy::default()`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::duration::format_duration;
+use crate::model::{Mount, Policy};
+
+/// What each key means, in file order. The default value is filled in from `Policy::default()`.
+const MEANINGS: &[(&str, &str)] = &[
+    ("version", "policy format version; only 1 exists"),
+    (
+        "level",
+        "isolation level: container (gvisor and microvm are not available yet)",
+    ),
+    (
+        "workspace.path",
+        "host directory that is the workspace, mounted at the same path inside; relative to the policy's base directory",
+    ),
+    (
+        "workspace.mode",
+        "how the workspace appears: rw (writable), ro, overlay (changes staged and listed, host untouched), tmp (empty)",
+    ),
+    (
+        "workspace.protect_git",
+        "keep .git/hooks and .git/config read-only inside a writable workspace",
+    ),
+    (
+        "workspace.allow_system_path",
+        "allow /, your home directory, /etc, /usr and other system directories as the workspace",
+    ),
+    (
+        "filesystem.mounts",
+        "extra host paths: { host = \"/abs\", path = \"/inside\", mode = \"ro\" | \"rw\" }; read-only unless mode = \"rw\"; path defaults to host",
+    ),
+    (
+        "filesystem.etc_extra",
+        "extra /etc entries (relative names like \"gitconfig\") added to the curated /etc; secrets are refused",
+    ),
+    ("process.uid", "user id inside the sandbox"),
+    ("process.gid", "group id inside the sandbox"),
+    ("process.hostname", "hostname inside the sandbox"),
+    (
+        "process.env",
+        "extra environment variables, NAME = \"value\"",
+    ),
+    (
+        "process.env_pass",
+        "host environment variables passed through by name (PATH, LANG, TERM, TZ are passed anyway; HOME is the sandbox's own)",
+    ),
+    (
+        "limits.memory",
+        "memory limit (cgroup), e.g. \"512MiB\", \"2GiB\"",
+    ),
+    ("limits.swap", "swap the sandbox may use on top of memory"),
+    ("limits.cpus", "CPU limit in cores, e.g. 0.5 or 2.0"),
+    ("limits.pids", "maximum number of processes and threads"),
+    (
+        "limits.timeout",
+        "wall-clock limit per run, e.g. \"30s\", \"1h30m\"",
+    ),
+    ("limits.disk", "everything the sandbox can write, in total"),
+    (
+        "limits.max_output",
+        "bytes of stdout plus stderr kept and streamed",
+    ),
+    (
+        "limits.open_files",
+        "open file descriptors per process (RLIMIT_NOFILE)",
+    ),
+    (
+        "security.seccomp",
+        "seccomp syscall filter; turning it off needs allow_weaker_isolation",
+    ),
+    (
+        "security.landlock",
+        "Landlock filesystem rules; turning it off needs allow_weaker_isolation",
+    ),
+    (
+        "security.allow_weaker_isolation",
+        "accept turning off seccomp or Landlock (--allow-weaker-isolation)",
+    ),
+    (
+        "network.mode",
+        "network: none = loopback only (allowlist and open are not implemented yet)",
+    ),
+];
+
+/// `(key, default, meaning)` for every knob, in file order.
+pub fn describe_defaults() -> Vec<(&'static str, String, &'static str)> {
+    let d = Policy::default();
+    MEANINGS
+        .iter()
+        .map(|(key, meaning)| (*key, value_of(&d, key), *meaning))
+        .collect()
+}
+
+/// The TOML text of `key`'s value in `p` (`None` for an absent optional value).
+fn value_text(p: &Policy, key: &str) -> Option<String> {
+    let w = &p.workspace;
+    let pr = &p.process;
+    let l = &p.limits;
+    let s = &p.security;
+    Some(match key {
+        "version" => p.version.to_string(),
+        "level" => quote(p.level.as_str()),
+        "workspace.path" => quote_path(w.path.as_deref()?),
+        "workspace.mode" => quote(w.mode.as_str()),
+        "workspace.protect_git" => w.protect_git.to_string(),
+        "workspace.allow_system_path" => w.allow_system_path.to_string(),
+        "filesystem.mounts" => mounts(&p.filesystem.mounts),
+        "filesystem.etc_extra" => array(p.filesystem.etc_extra.iter().map(|s| quote(s))),
+        "process.uid" => pr.uid.to_string(),
+        "process.gid" => pr.gid.to_string(),
+        "process.hostname" => quote(&pr.hostname),
+        "process.env" => {
+            let items: Vec<String> = pr
+                .env
+                .iter()
+                .map(|(k, v)| format!("{} = {}", quote(k), quote(v)))
+                .collect();
+            if items.is_empty() {
+                "{}".into()
+            } else {
+                format!("{{ {} }}", items.join(", "))
+            }
+        }
+        "process.env_pass" => array(pr.env_pass.iter().map(|s| quote(s))),
+        "limits.memory" => quote(&l.memory.to_string()),
+        "limits.swap" => quote(&l.swap.to_string()),
+        "limits.cpus" => float(l.cpus),
+        "limits.pids" => l.pids.to_string(),
+        "limits.timeout" => quote(&format_duration(l.timeout)),
+        "limits.disk" => quote(&l.disk.to_string()),
+        "limits.max_output" => quote(&l.max_output.to_string()),
+        "limits.open_files" => l.open_files.to_string(),
+        "security.seccomp" => s.seccomp.to_string(),
+        "security.landlock" => s.landlock.to_string(),
+        "security.allow_weaker_isolation" => s.allow_weaker_isolation.to_string(),
+        "network.mode" => quote(p.network.mode.as_str()),
+        _ => return None,
+    })
+}
+
+/// A default as shown in help text.
+fn value_of(p: &Policy, key: &str) -> String {
+    match (key, value_text(p, key)) {
+        ("workspace.path", None) => "the current directory".into(),
+        (_, Some(v)) => v,
+        (_, None) => "none".into(),
+    }
+}
+
+impl Policy {
+    /// The effective policy as TOML, with a comment above each key saying what it means and
+    /// its default. Parsing the result gives back an equal policy. Paths that are not UTF-8
+    /// (only possible through code, and rejected by validation) are written lossily.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::from(
+            "# Stockade policy (version 1). Every key is optional; absent keys take the default shown.\n",
+        );
+        let mut section = "";
+        for (key, default, meaning) in describe_defaults() {
+            let (sec, name) = key.split_once('.').unwrap_or(("", key));
+            if sec != section {
+                section = sec;
+                let _ = write!(out, "\n[{sec}]\n");
+            }
+            let _ = writeln!(out, "# {meaning}. Default: {default}.");
+            match value_text(self, key) {
+                Some(v) => {
+                    let _ = writeln!(out, "{name} = {v}");
+                }
+                None => {
+                    let _ = writeln!(out, "# {name} = \".\"");
+                }
+            }
+        }
+        out
+    }
+}
+
+fn mounts(ms: &[Mount]) -> String {
+    if ms.is_empty() {
+        return "[]".into();
+    }
+    let mut out = String::from("[\n");
+    for m in ms {
+        let _ = write!(out, "  {{ host = {}", quote_path(&m.host));
+        if let Some(p) = &m.path {
+            let _ = write!(out, ", path = {}", quote_path(p));
+        }
+        let _ = writeln!(out, ", mode = {} }},", quote(m.mode.as_str()));
+    }
+    out.push(']');
+    out
+}
+
+fn array(items: impl Iterator<Item = String>) -> String {
+    let v: Vec<String> = items.collect();
+    format!("[{}]", v.join(", "))
+}
+
+/// A TOML float that reads back as the same `f64`.
+fn float(x: f64) -> String {
+    if x.is_nan() {
+        "nan".into()
+    } else if x.is_infinite() {
+        if x > 0.0 { "inf".into() } else { "-inf".into() }
+    } else {
+        // `{:?}` is the shortest round-trip form and always has a '.' or an exponent.
+        format!("{x:?}")
+    }
+}
+
+fn quote_path(p: &Path) -> String {
+    quote(&p.to_string_lossy())
+}
+
+/// A TOML basic string.
+pub(crate) fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
