@@ -526,3 +526,20 @@ fn non_utf8_paths_from_code_are_rejected() {
     assert_eq!(e.0.len(), 2);
     assert_eq!(p.digest().len(), 64);
 }
+
+#[test]
+fn workspace_resolves_lexically_against_the_base() {
+    use std::path::{Path, PathBuf};
+    let base = Path::new("/home/me/repo");
+    let mut p = Policy::default();
+    assert_eq!(p.workspace.resolve(base), PathBuf::from("/home/me/repo"));
+    p.workspace.path = Some("./src/.".into());
+    assert_eq!(
+        p.workspace.resolve(base),
+        PathBuf::from("/home/me/repo/src")
+    );
+    p.workspace.path = Some("/abs/dir".into());
+    assert_eq!(p.workspace.resolve(base), PathBuf::from("/abs/dir"));
+    p.workspace.path = Some("..".into());
+    assert_eq!(p.workspace.resolve(base), PathBuf::from("/home/me/repo/.."));
+}
