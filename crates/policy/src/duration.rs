@@ -3,7 +3,7 @@
 //! Units: `d`, `h`, `m`, `s`, `ms`, `us`, `ns`. A compound is written largest unit first, each unit
 //! at most once (`"1h30m"`, not `"30m1h"`). Signs, fractions, empty input and overflow are errors.
 //! [`format_duration`] writes the shortest compound of whole units, so format then parse is the
-//! identity for every `Duration` below about 584 years.
+//! identity for every `Duration`.
 
 use std::fmt;
 use std::time::Duration;

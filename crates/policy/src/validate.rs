@@ -37,7 +37,10 @@ pub const ETC_DENYLIST: &[&str] = &[
 /// Host directories refused as the workspace unless `allow_system_path`: the path itself.
 const SYSTEM_EXACT: &[&str] = &["/", "/usr", "/var", "/run", "/root", "/home"];
 /// Host directories refused as the workspace unless `allow_system_path`: the path or anything under it.
-const SYSTEM_TREES: &[&str] = &["/etc", "/bin", "/sbin", "/boot", "/dev", "/proc", "/sys"];
+const SYSTEM_TREES: &[&str] = &[
+    "/etc", "/bin", "/sbin", "/boot", "/dev", "/proc", "/sys", "/lib", "/lib32", "/lib64",
+    "/libx32",
+];
 /// Sandbox paths that a mount may not cover.
 const RESERVED_TARGETS: &[&str] = &["/proc", "/dev", "/sys"];
 
@@ -99,11 +102,7 @@ pub fn is_system_path(path: &Path, home: Option<&Path>) -> bool {
     if SYSTEM_EXACT.iter().any(|s| norm == Path::new(s)) {
         return true;
     }
-    if SYSTEM_TREES.iter().any(|s| norm.starts_with(s)) {
-        return true;
-    }
-    // /lib, /lib64, /lib32, /libx32 and anything under them.
-    matches!(norm.components().nth(1), Some(Component::Normal(c)) if c.to_string_lossy().starts_with("lib"))
+    SYSTEM_TREES.iter().any(|s| norm.starts_with(s))
 }
 
 /// The workspace check the caller repeats once it has resolved the path and knows `$HOME`.

@@ -1,0 +1,200 @@
+//! Command-line overrides: flags win, errors name the flag, a failed apply changes nothing.
+
+// A test crate: helpers outside #[test] fns panic on failure too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use stockade_policy::*;
+
+fn file() -> Policy {
+    Policy::from_toml(
+        "[workspace]\npath = \"proj\"\nmode = \"ro\"\n\
+         [filesystem]\nmounts = [{ host = \"/opt/a\", path = \"/data\" }, { host = \"/opt/b\" }]\n\
+         [process]\nenv = { A = \"file\", B = \"file\" }\nenv_pass = [\"LC_ALL\"]\n\
+         [limits]\nmemory = \"512MiB\"\npids = 100\n",
+        "policy.toml",
+    )
+    .unwrap()
+}
+
+#[test]
+fn empty_overrides_change_nothing() {
+    let mut p = file();
+    p.apply(&Overrides::default()).unwrap();
+    assert_eq!(p, file());
+}
+
+#[test]
+fn flags_win_over_the_file() {
+    let mut p = file();
+    let o = Overrides {
+        workspace: Some(PathBuf::from("other")),
+        workspace_mode: Some(WorkspaceMode::Overlay),
+        allow_system_path: Some(true),
+        protect_git: Some(false),
+        env: vec![("A".into(), "flag".into()), ("C".into(), "flag".into())],
+        env_pass: vec!["LC_ALL".into(), "TERM_PROGRAM".into()],
+        memory: Some(ByteSize::gib(2)),
+        swap: Some(ByteSize::mib(64)),
+        cpus: Some(3.5),
+        pids: Some(500),
+        timeout: Some(Duration::from_secs(90)),
+        disk: Some(ByteSize::gib(8)),
+        max_output: Some(ByteSize::mib(1)),
+        uid: Some(0),
+        gid: Some(0),
+        mounts: vec![Mount {
+            host: "/opt/c".into(),
+            path: Some("/data".into()),
+            mode: MountMode::Rw,
+        }],
+        allow_weaker_isolation: Some(true),
+        seccomp: Some(false),
+        landlock: Some(false),
+    };
+    p.apply(&o).unwrap();
+    assert_eq!(p.workspace.path, Some(PathBuf::from("other")));
+    assert_eq!(p.workspace.mode, WorkspaceMode::Overlay);
+    assert!(p.workspace.allow_system_path && !p.workspace.protect_git);
+    assert_eq!(p.process.env["A"], "flag");
+    assert_eq!(p.process.env["B"], "file");
+    assert_eq!(p.process.env["C"], "flag");
+    assert_eq!(p.process.env_pass, ["LC_ALL", "TERM_PROGRAM"]);
+    assert_eq!(p.limits.memory, ByteSize::gib(2));
+    assert_eq!(p.limits.swap, ByteSize::mib(64));
+    assert_eq!(p.limits.cpus, 3.5);
+    assert_eq!(p.limits.pids, 500);
+    assert_eq!(p.limits.timeout, Duration::from_secs(90));
+    assert_eq!(p.limits.disk, ByteSize::gib(8));
+    assert_eq!(p.limits.max_output, ByteSize::mib(1));
+    assert_eq!((p.process.uid, p.process.gid), (0, 0));
+    // The flag mount replaced the file mount with the same target; the other file mount stays.
+    let targets: Vec<(&str, MountMode)> = p
+        .filesystem
+        .mounts
+        .iter()
+        .map(|m| (m.host.to_str().unwrap(), m.mode))
+        .collect();
+    assert_eq!(
+        targets,
+        [("/opt/b", MountMode::Ro), ("/opt/c", MountMode::Rw)]
+    );
+    assert!(!p.security.seccomp && !p.security.landlock && p.security.allow_weaker_isolation);
+    // Untouched keys keep the file's values.
+    assert_eq!(p.process.hostname, "stockade");
+}
+
+#[test]
+fn flag_errors_name_the_flag_and_leave_the_policy_alone() {
+    let mut p = file();
+    let o = Overrides {
+        memory: Some(ByteSize::mib(1)),
+        pids: Some(2),
+        ..Default::default()
+    };
+    let e = p.apply(&o).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "--memory: 1MiB is below the working minimum of 32MiB; raise it\n\
+         --pids: 2 processes is below the minimum of 8; raise it"
+    );
+    assert_eq!(e.0[0].key.as_deref(), Some("limits.memory"));
+    assert_eq!(p, file(), "a failed apply must not change the policy");
+}
+
+#[test]
+fn turning_off_seccomp_by_flag_needs_the_opt_in() {
+    let mut p = Policy::default();
+    let e = p
+        .apply(&Overrides {
+            seccomp: Some(false),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert_eq!(e.0.len(), 1);
+    assert_eq!(e.0[0].origin, "--seccomp");
+    assert!(e.0[0].message.contains("--allow-weaker-isolation"));
+    p.apply(&Overrides {
+        seccomp: Some(false),
+        allow_weaker_isolation: Some(true),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(!p.security.seccomp);
+}
+
+#[test]
+fn env_pass_flag_contradicting_file_env() {
+    let mut p = file();
+    let e = p
+        .apply(&Overrides {
+            env_pass: vec!["A".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert_eq!(e.0.len(), 1);
+    assert_eq!(e.0[0].origin, "--env-pass");
+    assert!(e.0[0].message.contains("A is both set"));
+    let e = p
+        .apply(&Overrides {
+            env: vec![("X=Y".into(), "1".into())],
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "--env: environment variable name contains '='"
+    );
+}
+
+#[test]
+fn bad_flag_mount_and_workspace() {
+    let mut p = file();
+    let o = Overrides {
+        mounts: vec![Mount {
+            host: "rel".into(),
+            path: Some("/proc/x".into()),
+            mode: MountMode::Ro,
+        }],
+        workspace: Some("/etc".into()),
+        ..Default::default()
+    };
+    let e = p.apply(&o).unwrap_err();
+    let origins: Vec<&str> = e.0.iter().map(|e| e.origin.as_str()).collect();
+    assert_eq!(origins, ["--workspace", "--mount", "--mount"], "{e}");
+    // allowing system paths on the command line fixes the workspace error
+    let o2 = Overrides {
+        workspace: Some("/etc".into()),
+        allow_system_path: Some(true),
+        ..Default::default()
+    };
+    p.apply(&o2).unwrap();
+}
+
+#[test]
+fn problems_not_from_a_flag_are_reported_against_the_policy() {
+    let mut p = Policy::default();
+    p.limits.open_files = 1; // set in code, not by a flag
+    let e = p
+        .apply(&Overrides {
+            pids: Some(64),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "policy: limits.open_files: open_files = 1 is out of range; use 16 to 20000"
+    );
+}
+
+#[test]
+fn flags_table_covers_every_override() {
+    let keys: Vec<&str> = FLAGS.iter().map(|(k, _)| *k).collect();
+    assert_eq!(keys.len(), 19);
+    let described: Vec<&str> = describe_defaults().iter().map(|(k, _, _)| *k).collect();
+    for k in keys {
+        assert!(described.contains(&k), "{k}");
+    }
+}

@@ -1,0 +1,210 @@
+//! Defaults, `to_toml` round trip, `describe_defaults`, the schema, and the digest.
+
+// A test crate: helpers outside #[test] fns panic on failure too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use stockade_policy::*;
+
+/// A policy that differs from the default in every key, with awkward strings.
+fn everything() -> Policy {
+    let mut env = BTreeMap::new();
+    env.insert("QUOTE".to_string(), "say \"hi\"\\n\ttab\u{7f}é".to_string());
+    env.insert("with space".to_string(), String::new());
+    Policy {
+        version: 1,
+        level: Level::Container,
+        workspace: Workspace {
+            path: Some(PathBuf::from("projects/a \"b\"")),
+            mode: WorkspaceMode::Overlay,
+            protect_git: false,
+            allow_system_path: true,
+        },
+        filesystem: Filesystem {
+            mounts: vec![
+                Mount {
+                    host: "/opt/data".into(),
+                    path: Some("/data".into()),
+                    mode: MountMode::Ro,
+                },
+                Mount {
+                    host: "/srv/cache".into(),
+                    path: None,
+                    mode: MountMode::Rw,
+                },
+            ],
+            etc_extra: vec!["gitconfig".into(), "ssl/certs".into()],
+        },
+        process: Process {
+            uid: 0,
+            gid: 65534,
+            hostname: "box-1.example".into(),
+            env,
+            env_pass: vec!["LC_ALL".into(), "SSH_AUTH_SOCK".into()],
+        },
+        limits: Limits {
+            memory: ByteSize(123_456_789),
+            swap: ByteSize::mib(512),
+            cpus: 0.333_333_333_333_333_3,
+            pids: 9,
+            timeout: Duration::from_millis(5_400_250),
+            disk: ByteSize::kib(1536),
+            max_output: ByteSize(1025),
+            open_files: 20_000,
+        },
+        security: Security {
+            seccomp: false,
+            landlock: false,
+            allow_weaker_isolation: true,
+        },
+        network: Network {
+            mode: NetworkMode::None,
+        },
+    }
+}
+
+#[test]
+fn defaults_are_the_documented_ones() {
+    let d = Policy::default();
+    assert_eq!(d.version, 1);
+    assert_eq!(d.level, Level::Container);
+    assert_eq!(d.workspace.path, None);
+    assert_eq!(d.workspace.mode, WorkspaceMode::Rw);
+    assert!(d.workspace.protect_git && !d.workspace.allow_system_path);
+    assert!(d.filesystem.mounts.is_empty() && d.filesystem.etc_extra.is_empty());
+    assert_eq!(
+        (d.process.uid, d.process.gid, d.process.hostname.as_str()),
+        (1000, 1000, "stockade")
+    );
+    assert!(d.process.env.is_empty() && d.process.env_pass.is_empty());
+    assert_eq!(d.limits.memory, ByteSize::gib(1));
+    assert_eq!(d.limits.swap, ByteSize(0));
+    assert_eq!(d.limits.cpus, 1.0);
+    assert_eq!(d.limits.pids, 256);
+    assert_eq!(d.limits.timeout, Duration::from_secs(600));
+    assert_eq!(d.limits.disk, ByteSize::gib(1));
+    assert_eq!(d.limits.max_output, ByteSize::mib(16));
+    assert_eq!(d.limits.open_files, 1024);
+    assert!(d.security.seccomp && d.security.landlock && !d.security.allow_weaker_isolation);
+    assert_eq!(d.network.mode, NetworkMode::None);
+}
+
+#[test]
+fn to_toml_round_trips() {
+    for p in [Policy::default(), everything()] {
+        let text = p.to_toml();
+        let back = Policy::from_toml(&text, "shown.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(back, p, "{text}");
+        assert_eq!(back.digest(), p.digest());
+    }
+}
+
+#[test]
+fn to_toml_comments_every_key_from_describe_defaults() {
+    let text = everything().to_toml();
+    let defaults = describe_defaults();
+    assert_eq!(defaults.len(), 25);
+    for (key, default, meaning) in &defaults {
+        let name = key.rsplit('.').next().unwrap();
+        let comment = format!("# {meaning}. Default: {default}.\n");
+        let at = text
+            .find(&comment)
+            .unwrap_or_else(|| panic!("no comment for {key}"));
+        let next = &text[at + comment.len()..];
+        assert!(next.starts_with(&format!("{name} = ")), "{key}: {next}");
+    }
+    let d: BTreeMap<_, _> = defaults.iter().map(|(k, d, _)| (*k, d.as_str())).collect();
+    assert_eq!(d["limits.memory"], "\"1GiB\"");
+    assert_eq!(d["limits.timeout"], "\"10m\"");
+    assert_eq!(d["workspace.path"], "the current directory");
+    assert_eq!(d["security.seccomp"], "true");
+}
+
+#[test]
+fn default_workspace_path_is_a_comment() {
+    let text = Policy::default().to_toml();
+    assert!(text.contains("\n# path = \".\"\n"));
+    assert!(!text.contains("\npath ="));
+}
+
+/// The key lists used for unknown-key messages match the serde field names, so the walker and
+/// the derives cannot drift apart.
+#[test]
+fn schema_matches_serde_fields() {
+    let json = serde_json::to_value(everything()).unwrap();
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    for (table, valid) in SCHEMA {
+        let v = match *table {
+            "" => &json,
+            "filesystem.mounts[]" => &json["filesystem"]["mounts"][0],
+            t => &json[t],
+        };
+        let mut want: Vec<String> = valid.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(keys(v), want, "table {table:?}");
+    }
+    let described: Vec<&str> = describe_defaults().iter().map(|(k, _, _)| *k).collect();
+    let mut from_schema = Vec::new();
+    for (table, valid) in SCHEMA.iter().filter(|(t, _)| !t.ends_with("[]")) {
+        for k in *valid {
+            let full = if table.is_empty() {
+                k.to_string()
+            } else {
+                format!("{table}.{k}")
+            };
+            if !SCHEMA.iter().any(|(t, _)| *t == full) {
+                from_schema.push(full);
+            }
+        }
+    }
+    from_schema.sort();
+    let mut described_sorted: Vec<String> = described.iter().map(|s| s.to_string()).collect();
+    described_sorted.sort();
+    assert_eq!(described_sorted, from_schema);
+}
+
+#[test]
+fn json_form_is_accepted_too() {
+    let p = everything();
+    let json = serde_json::to_string(&p).unwrap();
+    let back: Policy = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, p);
+    let partial: Policy =
+        serde_json::from_str(r#"{"limits":{"memory":"2G","timeout":90}}"#).unwrap();
+    assert_eq!(partial.limits.memory, ByteSize::gib(2));
+    assert_eq!(partial.limits.timeout, Duration::from_secs(90));
+    assert!(serde_json::from_str::<Policy>(r#"{"limits":{"memroy":"2G"}}"#).is_err());
+}
+
+#[test]
+fn digest_is_stable_and_sensitive() {
+    let d = Policy::default().digest();
+    assert_eq!(d.len(), 64);
+    assert!(
+        d.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
+    // Pinned: changing it changes every audit record's policy digest; do it on purpose.
+    assert_eq!(
+        d,
+        "2dc8226badb67ed95d6e40b4d8f1e09f07cf0becf7aeaa069bb17c4f0c01b256"
+    );
+    let mut p = Policy::default();
+    p.limits.pids += 1;
+    assert_ne!(p.digest(), d);
+    // Order of env insertion does not matter.
+    let mut a = Policy::default();
+    a.process.env.insert("A".into(), "1".into());
+    a.process.env.insert("B".into(), "2".into());
+    let mut b = Policy::default();
+    b.process.env.insert("B".into(), "2".into());
+    b.process.env.insert("A".into(), "1".into());
+    assert_eq!(a.digest(), b.digest());
+}
