@@ -323,15 +323,14 @@ impl Layout {
             (false, false) => "none",
         };
         let mut s = mode.to_string();
-        let mut sep = ':';
+        s.push(':');
         for c in Controller::ALL {
             let v = match self.placed.get(&c).map(|p| p.version) {
                 Some(Version::V1) => "v1",
                 Some(Version::V2) => "v2",
                 None => "none",
             };
-            s.push_str(&format!("{sep} {}={v}", c.name()));
-            sep = ' ';
+            s.push_str(&format!(" {}={v}", c.name()));
         }
         if self.v2.is_some() {
             let has = if self.v2_available.is_empty() {

@@ -13,11 +13,16 @@ use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 /// How long `destroy` keeps killing and retrying rmdir before reporting leftovers.
 pub(crate) const KILL_DEADLINE: Duration = Duration::from_secs(5);
 
-/// The two directory operations whose effect differs between cgroupfs and a plain directory:
-/// on cgroupfs the kernel fills a new directory with control files and rmdir ignores them.
+/// The operations whose effect differs between cgroupfs and a plain directory: on cgroupfs the
+/// kernel fills a new directory with control files, rmdir ignores them, and some writes have
+/// side effects (`+memory` to subtree_control adds a word, a pid to cgroup.procs moves a process).
+/// Reads go straight to the files.
 pub(crate) trait CgroupFs: Send + Sync + fmt::Debug {
     fn mkdir(&self, dir: &Path) -> io::Result<()>;
     fn rmdir(&self, dir: &Path) -> io::Result<()>;
+    fn write(&self, file: &Path, value: &str) -> io::Result<()> {
+        write_file(file, value)
+    }
 }
 
 /// The real kernel: plain mkdir(2)/rmdir(2).

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::fsops::{read_trimmed, write_file};
+use super::fsops::{CgroupFs, read_trimmed};
 use super::{CgroupError, Controller, Limits};
 
 /// CFS period used for CPU limits, in microseconds (both versions).
@@ -103,11 +103,11 @@ pub(crate) fn swap_unaccounted(
 }
 
 /// Writes each op into `dir` and reads it back. Stops at the first failure.
-pub(crate) fn apply(dir: &Path, ops: &[WriteOp]) -> Result<(), CgroupError> {
+pub(crate) fn apply(fs: &dyn CgroupFs, dir: &Path, ops: &[WriteOp]) -> Result<(), CgroupError> {
     let page = rustix::param::page_size() as u64;
     for op in ops {
         let file = dir.join(op.file);
-        if let Err(source) = write_file(&file, &op.value) {
+        if let Err(source) = fs.write(&file, &op.value) {
             if op.check == Check::BestEffort {
                 continue;
             }

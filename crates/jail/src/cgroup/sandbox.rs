@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::discovery::{Layout, Placed};
-use super::fsops::{
-    CgroupFs, KILL_DEADLINE, is_busy, kill_until_empty, rmdir_retry, swap_active, write_file,
-};
+use super::fsops::{CgroupFs, KILL_DEADLINE, is_busy, kill_until_empty, rmdir_retry, swap_active};
 use super::plan::{HostFacts, apply, cpu_quota_us, needed};
 use super::{CgroupError, CleanupReport, Controller, Limits, PARENT_DIR, Stats, Version, v1, v2};
 
@@ -176,7 +174,7 @@ impl Cgroup {
                     Version::V1 => v1::plan(c, limits, &facts)?,
                     Version::V2 => v2::plan(c, limits, &facts)?,
                 };
-                apply(&d.leaf, &plan.writes)?;
+                apply(&*self.fs, &d.leaf, &plan.writes)?;
                 self.notes.extend(plan.notes);
                 self.enforced.push((c, d.version));
             }
@@ -219,7 +217,7 @@ impl Cgroup {
     fn add_v2(&mut self, v2mount: &Placed, needed: &[Controller]) -> Result<(), CgroupError> {
         let placement = v2::place(&v2mount.own, &v2mount.mount, needed)?;
         if placement.enable_in_base {
-            v2::enable(&placement.base, needed)?;
+            v2::enable(&*self.fs, &placement.base, needed)?;
         }
         let parent = placement.base.join(PARENT_DIR);
         match self.fs.mkdir(&parent) {
@@ -240,7 +238,7 @@ impl Cgroup {
             }
         }
         self.parents.push(parent.clone());
-        v2::enable(&parent, needed)?;
+        v2::enable(&*self.fs, &parent, needed)?;
         let leaf = parent.join(&self.name);
         mkdir_leaf(&*self.fs, needed[0], &leaf)?;
         if placement.sibling {
@@ -277,12 +275,14 @@ impl Cgroup {
     pub fn add_pid(&self, pid: i32) -> Result<(), CgroupError> {
         for d in &self.dirs {
             let file = d.leaf.join("cgroup.procs");
-            write_file(&file, &pid.to_string()).map_err(|source| CgroupError::AddPid {
-                controller: d.controllers.first().copied().unwrap_or(Controller::Cpu),
-                file,
-                pid,
-                source,
-            })?;
+            self.fs
+                .write(&file, &pid.to_string())
+                .map_err(|source| CgroupError::AddPid {
+                    controller: d.controllers.first().copied().unwrap_or(Controller::Cpu),
+                    file,
+                    pid,
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -351,7 +351,7 @@ impl Cgroup {
             let kill = d.leaf.join("cgroup.kill");
             if kill.exists() {
                 // Falls back to the SIGKILL loop below if refused.
-                let _ = write_file(&kill, "1");
+                let _ = self.fs.write(&kill, "1");
             }
         }
         let procs = self.procs_files();

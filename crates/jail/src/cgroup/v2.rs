@@ -4,7 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::fsops::{list_pids, read_keyed, read_trimmed, read_u64, write_file};
+use super::fsops::{CgroupFs, list_pids, read_keyed, read_trimmed, read_u64};
 use super::plan::{CPU_PERIOD_US, Check, HostFacts, Plan, WriteOp, cpu_quota_us, swap_unaccounted};
 use super::{CgroupError, Controller, Limits};
 
@@ -82,37 +82,50 @@ pub(crate) fn place(
     }
 }
 
-/// Adds the missing `needed` controllers to `dir/cgroup.subtree_control`.
-pub(crate) fn enable(dir: &Path, needed: &[Controller]) -> Result<(), CgroupError> {
+/// Adds the missing `needed` controllers to `dir/cgroup.subtree_control` (one write, e.g.
+/// `+memory +pids`) and checks they are listed afterwards.
+pub(crate) fn enable(
+    fs: &dyn CgroupFs,
+    dir: &Path,
+    needed: &[Controller],
+) -> Result<(), CgroupError> {
     let file = dir.join("cgroup.subtree_control");
     let have = words(&file);
-    for c in needed
+    let missing: Vec<Controller> = needed
         .iter()
+        .copied()
         .filter(|c| !have.iter().any(|h| h == c.name()))
-    {
-        let value = format!("+{}", c.name());
-        if let Err(source) = write_file(&file, &value) {
-            if source.raw_os_error() == Some(libc::EBUSY) {
-                return Err(CgroupError::NoInternalProcesses {
-                    cgroup: dir.to_path_buf(),
-                    reason: format!("writing {value:?} to {} returned EBUSY", file.display()),
-                });
-            }
-            return Err(CgroupError::Write {
-                controller: *c,
-                file,
-                value,
-                source,
+        .collect();
+    let Some(&first) = missing.first() else {
+        return Ok(());
+    };
+    let value = missing
+        .iter()
+        .map(|c| format!("+{}", c.name()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if let Err(source) = fs.write(&file, &value) {
+        if source.raw_os_error() == Some(libc::EBUSY) {
+            return Err(CgroupError::NoInternalProcesses {
+                cgroup: dir.to_path_buf(),
+                reason: format!("writing {value:?} to {} returned EBUSY", file.display()),
             });
         }
-        if !words(&file).iter().any(|h| h == c.name()) {
-            return Err(CgroupError::ReadBack {
-                controller: *c,
-                file,
-                wrote: value,
-                read: words(&dir.join("cgroup.subtree_control")).join(" "),
-            });
-        }
+        return Err(CgroupError::Write {
+            controller: first,
+            file,
+            value,
+            source,
+        });
+    }
+    let now = words(&file);
+    if let Some(c) = missing.iter().find(|c| !now.iter().any(|h| h == c.name())) {
+        return Err(CgroupError::ReadBack {
+            controller: *c,
+            file,
+            wrote: value,
+            read: now.join(" "),
+        });
     }
     Ok(())
 }

@@ -1,1 +1,5 @@
-//! Tests.
+//! Unit tests on a fake cgroupfs tree, and host tests on the real one.
+
+mod discovery;
+mod fake;
+mod fake_v1;
