@@ -32,7 +32,11 @@ pub(super) const V2_MOUNTINFO: &str = "\
 
 /// Lays out the hybrid host's mount points under `root` (so cgroup.controllers can be read).
 pub(super) fn hybrid(root: &Path) -> Layout {
-    put(root, "sys/fs/cgroup/unified/cgroup.controllers", "hugetlb\n");
+    put(
+        root,
+        "sys/fs/cgroup/unified/cgroup.controllers",
+        "hugetlb\n",
+    );
     Layout::from_sources(HYBRID_MOUNTINFO, HYBRID_CGROUP, root).unwrap()
 }
 
@@ -45,23 +49,48 @@ fn hybrid_places_controllers_on_v1_and_lists_cgroup2() {
         l.controller(Controller::Memory),
         Some((Version::V1, cg.join("memory/process_api/e442").as_path()))
     );
-    assert_eq!(l.controller(Controller::Cpu), Some((Version::V1, cg.join("cpu,cpuacct").as_path())));
-    assert_eq!(l.controller(Controller::Pids), Some((Version::V1, cg.join("pids").as_path())));
-    assert_eq!(l.cpuacct.as_ref().map(|p| p.own.clone()), Some(cg.join("cpu,cpuacct")));
-    assert_eq!(l.summary(), "hybrid: memory=v1 cpu=v1 pids=v1 (cgroup2 has: hugetlb)");
+    assert_eq!(
+        l.controller(Controller::Cpu),
+        Some((Version::V1, cg.join("cpu,cpuacct").as_path()))
+    );
+    assert_eq!(
+        l.controller(Controller::Pids),
+        Some((Version::V1, cg.join("pids").as_path()))
+    );
+    assert_eq!(
+        l.cpuacct.as_ref().map(|p| p.own.clone()),
+        Some(cg.join("cpu,cpuacct"))
+    );
+    assert_eq!(
+        l.summary(),
+        "hybrid: memory=v1 cpu=v1 pids=v1 (cgroup2 has: hugetlb)"
+    );
 }
 
 #[test]
 fn v2_only_host_uses_unified_for_what_the_root_offers() {
     let t = tempfile::tempdir().unwrap();
-    put(t.path(), "sys/fs/cgroup/cgroup.controllers", "cpuset cpu io memory pids\n");
-    let l = Layout::from_sources(V2_MOUNTINFO, "0::/user.slice/user-1000.slice/session-3.scope\n", t.path())
-        .unwrap();
-    let own = t.path().join("sys/fs/cgroup/user.slice/user-1000.slice/session-3.scope");
+    put(
+        t.path(),
+        "sys/fs/cgroup/cgroup.controllers",
+        "cpuset cpu io memory pids\n",
+    );
+    let l = Layout::from_sources(
+        V2_MOUNTINFO,
+        "0::/user.slice/user-1000.slice/session-3.scope\n",
+        t.path(),
+    )
+    .unwrap();
+    let own = t
+        .path()
+        .join("sys/fs/cgroup/user.slice/user-1000.slice/session-3.scope");
     for c in Controller::ALL {
         assert_eq!(l.controller(c), Some((Version::V2, own.as_path())));
     }
-    assert_eq!(l.summary(), "v2: memory=v2 cpu=v2 pids=v2 (cgroup2 has: cpuset cpu io memory pids)");
+    assert_eq!(
+        l.summary(),
+        "v2: memory=v2 cpu=v2 pids=v2 (cgroup2 has: cpuset cpu io memory pids)"
+    );
 }
 
 #[test]
@@ -71,7 +100,10 @@ fn v2_controller_not_offered_is_absent() {
     let l = Layout::from_sources(V2_MOUNTINFO, "0::/\n", t.path()).unwrap();
     assert!(l.controller(Controller::Memory).is_some());
     assert_eq!(l.controller(Controller::Pids), None);
-    assert_eq!(l.summary(), "v2: memory=v2 cpu=none pids=none (cgroup2 has: memory)");
+    assert_eq!(
+        l.summary(),
+        "v2: memory=v2 cpu=none pids=none (cgroup2 has: memory)"
+    );
 }
 
 #[test]
@@ -104,12 +136,20 @@ fn cgroup_outside_the_visible_hierarchy_is_not_used() {
     let mi = "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
     let l = Layout::from_sources(mi, "4:memory:/../elsewhere\n", Path::new("/p")).unwrap();
     assert_eq!(l.controller(Controller::Memory), None);
-    assert!(l.summary().contains("leaves the visible hierarchy"), "{}", l.summary());
+    assert!(
+        l.summary().contains("leaves the visible hierarchy"),
+        "{}",
+        l.summary()
+    );
 
     let mi = "35 31 0:32 /docker/abc /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
     let l = Layout::from_sources(mi, "4:memory:/docker/other\n", Path::new("/p")).unwrap();
     assert_eq!(l.controller(Controller::Memory), None);
-    assert!(l.summary().contains("outside mount root"), "{}", l.summary());
+    assert!(
+        l.summary().contains("outside mount root"),
+        "{}",
+        l.summary()
+    );
 }
 
 #[test]
@@ -124,7 +164,11 @@ fn escaped_mount_points_are_decoded() {
 
 #[test]
 fn malformed_inputs_are_errors_not_guesses() {
-    let e = Layout::from_sources("garbage line without separator\n", "0::/\n", Path::new("/p"));
+    let e = Layout::from_sources(
+        "garbage line without separator\n",
+        "0::/\n",
+        Path::new("/p"),
+    );
     assert!(matches!(e, Err(CgroupError::Parse { .. })), "{e:?}");
     let e = Layout::from_sources(V2_MOUNTINFO, "no colons here\n", Path::new("/p"));
     assert!(matches!(e, Err(CgroupError::Parse { .. })), "{e:?}");
@@ -137,7 +181,14 @@ fn hybrid_systemd_only_v1_is_not_a_controller() {
 41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
 ";
     let t = tempfile::tempdir().unwrap();
-    put(t.path(), "sys/fs/cgroup/unified/cgroup.controllers", "memory pids\n");
+    put(
+        t.path(),
+        "sys/fs/cgroup/unified/cgroup.controllers",
+        "memory pids\n",
+    );
     let l = Layout::from_sources(mi, "1:name=systemd:/x\n0::/x\n", t.path()).unwrap();
-    assert_eq!(l.summary(), "v2: memory=v2 cpu=none pids=v2 (cgroup2 has: memory pids)");
+    assert_eq!(
+        l.summary(),
+        "v2: memory=v2 cpu=none pids=v2 (cgroup2 has: memory pids)"
+    );
 }

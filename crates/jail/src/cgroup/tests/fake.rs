@@ -15,10 +15,12 @@ pub(super) type Template = dyn Fn(&Path) -> Vec<(&'static str, String)> + Send +
 
 pub(super) struct FakeFs {
     template: Box<Template>,
-    /// (cgroup.procs file, value) for every pid written.
-    pub(super) joined: Mutex<Vec<(PathBuf, String)>>,
+    /// (file, value) for every write, in order.
+    pub(super) writes: Mutex<Vec<(PathBuf, String)>>,
     /// Writes to files with this name succeed but change nothing (a kernel that ignores a value).
     pub(super) ignore_writes_to: Option<&'static str>,
+    /// Writes to files with this name fail with this errno.
+    pub(super) fail_writes_to: Option<(&'static str, i32)>,
 }
 
 impl fmt::Debug for FakeFs {
@@ -28,18 +30,30 @@ impl fmt::Debug for FakeFs {
 }
 
 impl FakeFs {
-    pub(super) fn new(template: Box<Template>) -> Arc<FakeFs> {
-        Arc::new(FakeFs { template, joined: Mutex::new(Vec::new()), ignore_writes_to: None })
-    }
-    pub(super) fn ignoring(template: Box<Template>, file: &'static str) -> Arc<FakeFs> {
+    pub(super) fn with(
+        template: Box<Template>,
+        ignore_writes_to: Option<&'static str>,
+        fail_writes_to: Option<(&'static str, i32)>,
+    ) -> Arc<FakeFs> {
         Arc::new(FakeFs {
             template,
-            joined: Mutex::new(Vec::new()),
-            ignore_writes_to: Some(file),
+            writes: Mutex::new(Vec::new()),
+            ignore_writes_to,
+            fail_writes_to,
         })
     }
-    pub(super) fn joined(&self) -> Vec<(PathBuf, String)> {
-        self.joined.lock().map(|g| g.clone()).unwrap_or_default()
+    pub(super) fn new(template: Box<Template>) -> Arc<FakeFs> {
+        Self::with(template, None, None)
+    }
+    pub(super) fn ignoring(template: Box<Template>, file: &'static str) -> Arc<FakeFs> {
+        Self::with(template, Some(file), None)
+    }
+    /// Writes made to files called `name`.
+    pub(super) fn writes_to(&self, name: &str) -> Vec<(PathBuf, String)> {
+        let all = self.writes.lock().map(|g| g.clone()).unwrap_or_default();
+        all.into_iter()
+            .filter(|(f, _)| f.file_name().is_some_and(|n| n == name))
+            .collect()
     }
 }
 
@@ -69,20 +83,23 @@ impl CgroupFs for FakeFs {
 
     fn write(&self, file: &Path, value: &str) -> io::Result<()> {
         let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Ok(mut w) = self.writes.lock() {
+            w.push((file.to_path_buf(), value.to_string()));
+        }
+        if let Some((_, errno)) = self.fail_writes_to.filter(|(f, _)| *f == name) {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
         if Some(name) == self.ignore_writes_to {
             return fs::metadata(file).map(|_| ());
         }
         match name {
-            "cgroup.procs" => {
-                fs::metadata(file)?;
-                if let Ok(mut j) = self.joined.lock() {
-                    j.push((file.to_path_buf(), value.to_string()));
-                }
-                Ok(())
-            }
+            // Recorded above; never written, so destroy cannot signal a real pid.
+            "cgroup.procs" => fs::metadata(file).map(|_| ()),
             "cgroup.subtree_control" => {
-                let mut set: BTreeSet<String> =
-                    fs::read_to_string(file)?.split_whitespace().map(str::to_string).collect();
+                let mut set: BTreeSet<String> = fs::read_to_string(file)?
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect();
                 for w in value.split_whitespace() {
                     match (w.strip_prefix('+'), w.strip_prefix('-')) {
                         (Some(c), _) => set.insert(c.to_string()),
@@ -123,7 +140,10 @@ pub(super) fn v1_memory_files(memsw: bool) -> Vec<(&'static str, String)> {
         ("memory.limit_in_bytes", UNLIMITED.into()),
         ("memory.max_usage_in_bytes", "0".into()),
         ("memory.failcnt", "0".into()),
-        ("memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n".into()),
+        (
+            "memory.oom_control",
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n".into(),
+        ),
         ("memory.swappiness", "60".into()),
     ];
     if memsw {
@@ -164,9 +184,15 @@ pub(super) fn v2_files(dir: &Path, swap_max: bool) -> Vec<(&'static str, String)
         ("cgroup.kill", String::new()),
         ("memory.max", "max".into()),
         ("memory.peak", "0".into()),
-        ("memory.events", "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n".into()),
+        (
+            "memory.events",
+            "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n".into(),
+        ),
         ("cpu.max", "max 100000".into()),
-        ("cpu.stat", "usage_usec 0\nuser_usec 0\nsystem_usec 0\n".into()),
+        (
+            "cpu.stat",
+            "usage_usec 0\nuser_usec 0\nsystem_usec 0\n".into(),
+        ),
         ("pids.max", "max".into()),
         ("pids.current", "0".into()),
         ("pids.events", "max 0\n".into()),

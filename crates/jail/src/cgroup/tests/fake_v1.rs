@@ -36,7 +36,12 @@ fn template(cg: &Path, memsw: bool, drop: Option<&'static str>) -> Box<Template>
     })
 }
 
-fn tree_with(memsw: bool, swaps: &str, drop: Option<&'static str>, ignore: Option<&'static str>) -> Tree {
+fn tree_with(
+    memsw: bool,
+    swaps: &str,
+    drop: Option<&'static str>,
+    ignore: Option<&'static str>,
+) -> Tree {
     let t = tempfile::tempdir().unwrap();
     let cg = t.path().join("sys/fs/cgroup");
     for d in ["memory/process_api/e442", "cpu,cpuacct", "pids"] {
@@ -48,7 +53,12 @@ fn tree_with(memsw: bool, swaps: &str, drop: Option<&'static str>, ignore: Optio
         None => FakeFs::new(template(&cg, memsw, drop)),
     };
     let layout = hybrid(t.path()).with_fs(fs.clone());
-    Tree { _t: t, cg, layout, fs }
+    Tree {
+        _t: t,
+        cg,
+        layout,
+        fs,
+    }
 }
 
 fn tree() -> Tree {
@@ -56,7 +66,12 @@ fn tree() -> Tree {
 }
 
 fn all_limits() -> Limits {
-    Limits { memory_bytes: Some(64 * MIB), swap_bytes: Some(0), cpus: Some(0.5), pids: Some(16) }
+    Limits {
+        memory_bytes: Some(64 * MIB),
+        swap_bytes: Some(0),
+        cpus: Some(0.5),
+        pids: Some(16),
+    }
 }
 
 /// No directory named `stockade` is left anywhere in the tree.
@@ -82,13 +97,21 @@ fn create_writes_each_limit_to_the_right_file() {
     assert_eq!(read(&pids.join("pids.max")), "16");
     assert_eq!(
         c.enforced(),
-        vec![(Controller::Memory, Version::V1), (Controller::Cpu, Version::V1), (Controller::Pids, Version::V1)]
+        vec![
+            (Controller::Memory, Version::V1),
+            (Controller::Cpu, Version::V1),
+            (Controller::Pids, Version::V1)
+        ]
     );
     // cpu and cpuacct are co-mounted: one directory, three in all.
     assert_eq!(c.paths(), vec![mem.clone(), cpu.clone(), pids.clone()]);
     assert_eq!(
         c.procs_files(),
-        vec![mem.join("cgroup.procs"), cpu.join("cgroup.procs"), pids.join("cgroup.procs")]
+        vec![
+            mem.join("cgroup.procs"),
+            cpu.join("cgroup.procs"),
+            pids.join("cgroup.procs")
+        ]
     );
     assert!(c.notes().is_empty(), "{:?}", c.notes());
     let r = c.destroy();
@@ -99,13 +122,23 @@ fn create_writes_each_limit_to_the_right_file() {
 #[test]
 fn swap_allowance_adds_to_memory_and_keeps_swappiness() {
     let t = tree();
-    let l = Limits { memory_bytes: Some(64 * MIB), swap_bytes: Some(32 * MIB), ..Limits::default() };
+    let l = Limits {
+        memory_bytes: Some(64 * MIB),
+        swap_bytes: Some(32 * MIB),
+        ..Limits::default()
+    };
     let c = Cgroup::create(&t.layout, "sb", &l).unwrap();
     let mem = t.cg.join("memory/process_api/e442/stockade/sb");
-    assert_eq!(read(&mem.join("memory.memsw.limit_in_bytes")), (96 * MIB).to_string());
+    assert_eq!(
+        read(&mem.join("memory.memsw.limit_in_bytes")),
+        (96 * MIB).to_string()
+    );
     assert_eq!(read(&mem.join("memory.swappiness")), "60");
     assert_eq!(c.enforced(), vec![(Controller::Memory, Version::V1)]);
-    assert!(!t.cg.join("pids/stockade").exists(), "pids not requested, not created");
+    assert!(
+        !t.cg.join("pids/stockade").exists(),
+        "pids not requested, not created"
+    );
     assert!(c.destroy().is_clean());
 }
 
@@ -114,7 +147,7 @@ fn add_pid_writes_every_hierarchy() {
     let t = tree();
     let c = Cgroup::create(&t.layout, "sb", &all_limits()).unwrap();
     c.add_pid(4242).unwrap();
-    let joined = t.fs.joined();
+    let joined = t.fs.writes_to("cgroup.procs");
     let files: Vec<PathBuf> = joined.iter().map(|(f, _)| f.clone()).collect();
     assert_eq!(files, c.procs_files());
     assert!(joined.iter().all(|(_, v)| v == "4242"));
@@ -127,8 +160,16 @@ fn stats_read_the_v1_files() {
     let c = Cgroup::create(&t.layout, "sb", &all_limits()).unwrap();
     let mem = t.cg.join("memory/process_api/e442/stockade/sb");
     put(&mem, "memory.max_usage_in_bytes", "5000000\n");
-    put(&mem, "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n");
-    put(&t.cg.join("cpu,cpuacct/stockade/sb"), "cpuacct.usage", "123456789\n");
+    put(
+        &mem,
+        "memory.oom_control",
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+    );
+    put(
+        &t.cg.join("cpu,cpuacct/stockade/sb"),
+        "cpuacct.usage",
+        "123456789\n",
+    );
     let pids = t.cg.join("pids/stockade/sb");
     put(&pids, "pids.events", "max 7\n");
     put(&pids, "pids.current", "3\n");
@@ -139,7 +180,11 @@ fn stats_read_the_v1_files() {
     assert_eq!(s.pids_max_hits, 7);
     assert_eq!(s.pids_current, Some(3));
     // Old kernels: no oom_kill line; a non-zero failcnt counts as a hit.
-    put(&mem, "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\n");
+    put(
+        &mem,
+        "memory.oom_control",
+        "oom_kill_disable 0\nunder_oom 0\n",
+    );
     put(&mem, "memory.failcnt", "12\n");
     assert_eq!(c.stats().oom_kills, 1);
     put(&mem, "memory.failcnt", "0\n");
@@ -152,8 +197,16 @@ fn missing_limit_file_fails_closed_and_removes_everything() {
     let t = tree_with(true, NO_SWAP, Some("pids.max"), None);
     let e = Cgroup::create(&t.layout, "sb", &all_limits()).unwrap_err();
     match &e {
-        CgroupError::Write { controller: Controller::Pids, file, .. } => {
-            assert!(file.ends_with("pids/stockade/sb/pids.max"), "{}", file.display());
+        CgroupError::Write {
+            controller: Controller::Pids,
+            file,
+            ..
+        } => {
+            assert!(
+                file.ends_with("pids/stockade/sb/pids.max"),
+                "{}",
+                file.display()
+            );
         }
         other => panic!("expected a pids write error, got {other:?}"),
     }
@@ -181,34 +234,80 @@ fn missing_controller_fails_closed() {
     let layout = Layout::from_sources(mi, "4:memory:/\n", t.path())
         .unwrap()
         .with_fs(FakeFs::new(template(&cg, true, None)));
-    let l = Limits { memory_bytes: Some(MIB), pids: Some(4), ..Limits::default() };
+    let l = Limits {
+        memory_bytes: Some(MIB),
+        pids: Some(4),
+        ..Limits::default()
+    };
     let e = Cgroup::create(&layout, "sb", &l).unwrap_err();
-    assert!(matches!(e, CgroupError::ControllerUnavailable { controller: Controller::Pids, .. }), "{e:?}");
-    assert!(!cg.join("memory/stockade").exists(), "memory dir created before the failure is removed");
+    assert!(
+        matches!(
+            e,
+            CgroupError::ControllerUnavailable {
+                controller: Controller::Pids,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        !cg.join("memory/stockade").exists(),
+        "memory dir created before the failure is removed"
+    );
 }
 
 #[test]
 fn swap_without_accounting_depends_on_active_swap() {
-    let no_swap = Limits { memory_bytes: Some(64 * MIB), swap_bytes: Some(0), ..Limits::default() };
+    let no_swap = Limits {
+        memory_bytes: Some(64 * MIB),
+        swap_bytes: Some(0),
+        ..Limits::default()
+    };
     // No memsw file, no active swap: nothing can be swapped; recorded.
     let t = tree_with(false, NO_SWAP, None, None);
     let c = Cgroup::create(&t.layout, "sb", &no_swap).unwrap();
-    assert!(c.notes().iter().any(|n| n.contains("no active swap")), "{:?}", c.notes());
+    assert!(
+        c.notes().iter().any(|n| n.contains("no active swap")),
+        "{:?}",
+        c.notes()
+    );
     assert!(c.destroy().is_clean());
     // No memsw file, swap active: fail closed.
     let t = tree_with(false, SOME_SWAP, None, None);
     let e = Cgroup::create(&t.layout, "sb", &no_swap).unwrap_err();
-    assert!(matches!(e, CgroupError::SwapUnenforceable { controller: Controller::Memory, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            CgroupError::SwapUnenforceable {
+                controller: Controller::Memory,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     assert_no_stockade_dirs(&t.cg);
     // With swap accounting, active swap is fine.
     let t = tree_with(true, SOME_SWAP, None, None);
-    assert!(Cgroup::create(&t.layout, "sb", &no_swap).unwrap().destroy().is_clean());
+    assert!(
+        Cgroup::create(&t.layout, "sb", &no_swap)
+            .unwrap()
+            .destroy()
+            .is_clean()
+    );
 }
 
 #[test]
 fn swap_limit_alone_is_rejected_on_v1() {
     let t = tree();
-    let e = Cgroup::create(&t.layout, "sb", &Limits { swap_bytes: Some(0), ..Limits::default() }).unwrap_err();
+    let e = Cgroup::create(
+        &t.layout,
+        "sb",
+        &Limits {
+            swap_bytes: Some(0),
+            ..Limits::default()
+        },
+    )
+    .unwrap_err();
     assert!(matches!(e, CgroupError::SwapNeedsMemoryLimit), "{e:?}");
     assert_no_stockade_dirs(&t.cg);
 }
@@ -217,8 +316,19 @@ fn swap_limit_alone_is_rejected_on_v1() {
 fn bad_cpu_counts_are_rejected_before_any_mkdir() {
     let t = tree();
     for cpus in [0.0, -1.0, 0.001, f64::NAN, f64::INFINITY] {
-        let e = Cgroup::create(&t.layout, "sb", &Limits { cpus: Some(cpus), ..Limits::default() }).unwrap_err();
-        assert!(matches!(e, CgroupError::InvalidCpus { .. }), "{cpus}: {e:?}");
+        let e = Cgroup::create(
+            &t.layout,
+            "sb",
+            &Limits {
+                cpus: Some(cpus),
+                ..Limits::default()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, CgroupError::InvalidCpus { .. }),
+            "{cpus}: {e:?}"
+        );
     }
     assert_no_stockade_dirs(&t.cg);
 }
@@ -228,8 +338,22 @@ fn names_are_validated() {
     for ok in ["a", "sb-1", "A.b_c", &"x".repeat(64)] {
         assert!(validate_name(ok).is_ok(), "{ok}");
     }
-    for bad in ["", "..", ".", "a/b", "../x", "a..b", "a\0b", "a b", "é", &"x".repeat(65)] {
-        assert!(matches!(validate_name(bad), Err(CgroupError::InvalidName { .. })), "{bad:?}");
+    for bad in [
+        "",
+        "..",
+        ".",
+        "a/b",
+        "../x",
+        "a..b",
+        "a\0b",
+        "a b",
+        "é",
+        &"x".repeat(65),
+    ] {
+        assert!(
+            matches!(validate_name(bad), Err(CgroupError::InvalidName { .. })),
+            "{bad:?}"
+        );
     }
     let t = tree();
     let e = Cgroup::create(&t.layout, "../../escape", &all_limits()).unwrap_err();

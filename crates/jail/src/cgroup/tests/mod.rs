@@ -3,3 +3,5 @@
 mod discovery;
 mod fake;
 mod fake_v1;
+mod fake_v2;
+mod host;
