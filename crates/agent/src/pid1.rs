@@ -70,7 +70,7 @@ pub fn run(plan: &SandboxPlan, pre: PreOpened, mut ctrl: UnixStream, allow_weake
         _ => None,
     };
     if let (Some(rs), Some(u), Some(l)) = (ruleset.take(), &built.overlay_upper, &built.overlay_lower) {
-        use landlock::{ABI, Access, AccessFs, PathBeneath, RulesetCreatedAttr};
+        use landlock::{ABI, AccessFs, PathBeneath, RulesetCreatedAttr};
         let read = AccessFs::from_read(ABI::V6);
         match rs.add_rule(PathBeneath::new(u, read)).and_then(|rs| rs.add_rule(PathBeneath::new(l, read))) {
             Ok(rs) => ruleset = Some(rs),

@@ -1,1 +1,14 @@
-//! stockade-runtime
+//! Sandbox lifecycle for Stockade: policy → plan → launcher → supervision → verified teardown.
+//!
+//! Guarantees: a run either reports the command's status or fails with one [`RunError`]; in
+//! both cases the cgroup it created is removed (or the leftover is reported), and the launcher
+//! is reaped. Tested by unit tests of the pure plan and end to end through the binary.
+
+pub mod container;
+pub mod error;
+pub mod plan;
+pub mod relay;
+pub mod spawn;
+
+pub use container::{EndReason, RunOptions, RunReport, run};
+pub use error::RunError;

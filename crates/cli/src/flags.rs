@@ -1,0 +1,155 @@
+//! Command-line flags of `run` and `policy show`, mapped onto policy overrides.
+
+use clap::Args;
+use std::path::PathBuf;
+use stockade_policy::{ByteSize, Mount, MountMode, Overrides, WorkspaceMode, parse_duration};
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Policy file (TOML); flags override it.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Write the overlay change list as JSON to FILE (with --workspace-mode overlay).
+    #[arg(long, value_name = "FILE")]
+    pub changes_json: Option<PathBuf>,
+    /// Print what was enforced.
+    #[arg(long, short)]
+    pub verbose: bool,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct OverrideArgs {
+    /// Host directory mounted at the same path inside and used as the working directory [default: .]
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// rw: write through; ro: read-only; overlay: changes kept in a throwaway layer and listed; tmp: empty ephemeral dir [default: rw]
+    #[arg(long, value_name = "MODE", value_parser = ["rw", "ro", "overlay", "tmp"])]
+    pub workspace_mode: Option<String>,
+    /// Allow /, your home directory or a system directory as the workspace.
+    #[arg(long)]
+    pub allow_system_path: bool,
+    /// Let the sandbox write .git/hooks and .git/config (read-only by default).
+    #[arg(long)]
+    pub no_protect_git: bool,
+    /// Set K=V inside (repeatable).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Pass the host's value of K inside (repeatable).
+    #[arg(long = "env-pass", value_name = "K")]
+    pub env_pass: Vec<String>,
+    /// Memory limit [default: 1GiB]
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Swap allowed on top of memory [default: 0]
+    #[arg(long)]
+    pub swap: Option<String>,
+    /// CPU limit in cores [default: 1]
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Maximum number of processes [default: 256]
+    #[arg(long)]
+    pub pids: Option<u64>,
+    /// Wall-clock limit, e.g. 30s, 10m [default: 10m]
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// Everything the sandbox may write: tmpfs, overlay layer, rw workspace growth [default: 1GiB]
+    #[arg(long)]
+    pub disk: Option<String>,
+    /// Bytes of stdout+stderr before the command is stopped [default: 16MiB]
+    #[arg(long)]
+    pub max_output: Option<String>,
+    /// uid inside [default: 1000]
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// gid inside [default: 1000]
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// Extra host path HOST[:PATH][:ro|rw], read-only unless :rw (repeatable).
+    #[arg(long = "mount", value_name = "HOST[:PATH][:MODE]")]
+    pub mounts: Vec<String>,
+    /// Run even when the host cannot give a protection the policy asks for (printed).
+    #[arg(long)]
+    pub allow_weaker_isolation: bool,
+    /// Turn the seccomp filter on or off (off needs --allow-weaker-isolation).
+    #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
+    pub seccomp: Option<String>,
+    /// Turn Landlock on or off (off needs --allow-weaker-isolation).
+    #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
+    pub landlock: Option<String>,
+}
+
+fn size(flag: &str, v: &Option<String>) -> Result<Option<ByteSize>, String> {
+    v.as_deref().map(|s| s.parse::<ByteSize>().map_err(|e| format!("{flag}: {e}"))).transpose()
+}
+
+fn parse_mount(s: &str) -> Result<Mount, String> {
+    let mut parts: Vec<&str> = s.split(':').collect();
+    let mode = match parts.last() {
+        Some(&"ro") if parts.len() > 1 => {
+            parts.pop();
+            MountMode::Ro
+        }
+        Some(&"rw") if parts.len() > 1 => {
+            parts.pop();
+            MountMode::Rw
+        }
+        _ => MountMode::Ro,
+    };
+    match parts.as_slice() {
+        [host] => Ok(Mount { host: PathBuf::from(host), path: None, mode }),
+        [host, path] => Ok(Mount { host: PathBuf::from(host), path: Some(PathBuf::from(path)), mode }),
+        _ => Err(format!("--mount: {s:?} is not HOST[:PATH][:ro|rw]")),
+    }
+}
+
+impl OverrideArgs {
+    pub fn to_overrides(&self) -> Result<Overrides, String> {
+        let mut env = Vec::new();
+        for kv in &self.env {
+            let (k, v) = kv.split_once('=').ok_or_else(|| format!("--env: {kv:?} is not K=V"))?;
+            env.push((k.to_string(), v.to_string()));
+        }
+        let on = |v: &Option<String>| v.as_deref().map(|s| s == "on");
+        Ok(Overrides {
+            workspace: self.workspace.clone(),
+            workspace_mode: self.workspace_mode.as_deref().map(|m| match m {
+                "ro" => WorkspaceMode::Ro,
+                "overlay" => WorkspaceMode::Overlay,
+                "tmp" => WorkspaceMode::Tmp,
+                _ => WorkspaceMode::Rw,
+            }),
+            allow_system_path: self.allow_system_path.then_some(true),
+            protect_git: self.no_protect_git.then_some(false),
+            env,
+            env_pass: self.env_pass.clone(),
+            memory: size("--memory", &self.memory)?,
+            swap: size("--swap", &self.swap)?,
+            cpus: self.cpus,
+            pids: self.pids,
+            timeout: self.timeout.as_deref().map(|t| parse_duration(t).map_err(|e| format!("--timeout: {e}"))).transpose()?,
+            disk: size("--disk", &self.disk)?,
+            max_output: size("--max-output", &self.max_output)?,
+            uid: self.uid,
+            gid: self.gid,
+            mounts: self.mounts.iter().map(|m| parse_mount(m)).collect::<Result<_, _>>()?,
+            allow_weaker_isolation: self.allow_weaker_isolation.then_some(true),
+            seccomp: on(&self.seccomp),
+            landlock: on(&self.landlock),
+        })
+    }
+}
+
+/// The "Defaults" section of `stockade run --help`, from the policy crate so they never drift.
+pub fn defaults_help() -> String {
+    let mut s = String::from("Defaults (each a key of the policy file; flags override the file):\n");
+    for (key, default, meaning) in stockade_policy::describe_defaults() {
+        s.push_str(&format!("  {key:<34} {default:<24} {meaning}\n"));
+    }
+    s.push_str("\nExit status: CMD's status; 128+N when killed by signal N; 125 stockade failed; 126 not executable; 127 not found.\n");
+    s
+}

@@ -1,0 +1,198 @@
+//! Threads that move bytes and events for one run: stdin in, stdout/stderr out (counted against
+//! the output cap), control frames from the agent, termination signals, the rw-workspace disk watch.
+//! Each sends [`Event`]s to the supervisor's loop; none decides anything itself.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use stockade_agent::protocol::{AgentMsg, read_frame};
+
+#[derive(Debug)]
+pub enum Event {
+    Agent(AgentMsg),
+    ControlClosed,
+    OutputLimit,
+    DiskLimit,
+    Signal(i32),
+}
+
+/// Bytes of stdout+stderr still allowed, shared by both relays.
+#[derive(Clone)]
+pub struct OutputBudget {
+    used: Arc<AtomicU64>,
+    max: u64,
+}
+
+impl OutputBudget {
+    pub fn new(max: u64) -> Self {
+        OutputBudget { used: Arc::new(AtomicU64::new(0)), max }
+    }
+    /// Reserves `n` bytes; returns how many may be written (less than `n` once the cap is reached).
+    fn take(&self, n: u64) -> u64 {
+        let before = self.used.fetch_add(n, Ordering::SeqCst);
+        self.max.saturating_sub(before).min(n)
+    }
+}
+
+pub fn control_reader(mut ctrl: UnixStream, tx: Sender<Event>) {
+    std::thread::spawn(move || {
+        loop {
+            match read_frame::<AgentMsg>(&mut ctrl) {
+                Ok(Some(m)) => {
+                    let last = matches!(m, AgentMsg::Exited { .. } | AgentMsg::SetupFailed { .. } | AgentMsg::ExecFailed { .. });
+                    if tx.send(Event::Agent(m)).is_err() || last {
+                        return;
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    let _ = tx.send(Event::ControlClosed);
+                    return;
+                }
+            }
+        }
+    });
+}
+
+pub fn output<W: Write + Send + 'static>(
+    mut from: std::fs::File,
+    mut to: W,
+    budget: OutputBudget,
+    tx: Sender<Event>,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut over = false;
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            if over {
+                continue; // drain so the writer is not blocked while it is being stopped
+            }
+            let allowed = budget.take(n as u64) as usize;
+            if allowed > 0 && to.write_all(&buf[..allowed]).and_then(|()| to.flush()).is_err() {
+                // Our own stdout is gone: keep draining, nothing more to show.
+                over = true;
+            }
+            if allowed < n {
+                over = true;
+                let _ = tx.send(Event::OutputLimit);
+            }
+        }
+    })
+}
+
+/// Copies our stdin into the sandbox until EOF; detached (a terminal read may never return).
+pub fn input(mut to: std::fs::File) {
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Turns SIGINT, SIGTERM and SIGHUP into events. The signals are blocked in this thread's parent
+/// (the caller blocks them before spawning any thread; see `block_termination_signals`).
+pub fn signals(tx: Sender<Event>) {
+    std::thread::spawn(move || {
+        loop {
+            let mut set = termination_set();
+            let mut sig = 0;
+            // SAFETY: `set` and `sig` are valid for the call; sigwait only reads/writes them.
+            let r = unsafe { libc::sigwait(&mut set, &mut sig) };
+            if r == 0 && tx.send(Event::Signal(sig)).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+fn termination_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t on this frame.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+    }
+    set
+}
+
+/// Blocks SIGINT/SIGTERM/SIGHUP in the calling thread (and the threads it starts afterwards), so
+/// only the signal thread receives them. Call at the start of `main`, before any thread exists.
+pub fn block_termination_signals() {
+    let set = termination_set();
+    // SAFETY: `set` is initialised; pthread_sigmask only reads it.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// Bytes allocated under `root` (not following symlinks, not crossing into other filesystems).
+pub fn usage(root: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(top) = std::fs::symlink_metadata(root) else { return 0 };
+    let dev = top.dev();
+    let mut total = 0u64;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            total = total.saturating_add(m.blocks() * 512);
+            if m.is_dir() && m.dev() == dev {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
+/// Watches the growth of a writable workspace against the disk budget (the fallback when no
+/// filesystem project quota is available). Re-walks at most every second, less often when a walk
+/// is slow, so a large workspace costs a bounded share of one core.
+pub fn disk_watch(root: PathBuf, budget: u64, tx: Sender<Event>) {
+    std::thread::spawn(move || {
+        let baseline = usage(&root);
+        loop {
+            let t = Instant::now();
+            let now = usage(&root);
+            if now.saturating_sub(baseline) > budget {
+                let _ = tx.send(Event::DiskLimit);
+                return;
+            }
+            let pause = (t.elapsed() * 5).max(Duration::from_millis(500));
+            std::thread::sleep(pause);
+            if tx.send(Event::Signal(0)).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+pub fn join_bounded(h: JoinHandle<()>, limit: Duration) {
+    let end = Instant::now() + limit;
+    while !h.is_finished() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if h.is_finished() {
+        let _ = h.join();
+    }
+}
