@@ -26,7 +26,9 @@ pub enum CgroupError {
     SwapNeedsMemoryLimit,
 
     /// A file needed for discovery could not be read.
-    #[error("cannot read {file}: {source}; is /proc mounted and is this Linux with cgroups?")]
+    #[error(
+        "cannot read {file}: {source}; check that /proc and the cgroup filesystems are mounted and readable"
+    )]
     Read { file: PathBuf, source: io::Error },
 
     /// A discovery file had a line this module does not understand.

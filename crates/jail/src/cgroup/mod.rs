@@ -33,8 +33,9 @@
 //!    usually hits. Limitation: sandboxes then sit outside the supervisor's own cgroup, so that
 //!    cgroup's limits (e.g. a unit's MemoryMax) do not cover them, and the parent belongs to
 //!    whoever manages it (systemd does not clean it up; [`sweep_stale`] looks there too). The
-//!    cleaner setup is a delegated unit whose supervisor lives in a leaf (`Delegate=yes`,
-//!    `DelegateSubgroup=supervisor`); then rule 1 or 2 applies.
+//!    intended setup is a delegated unit whose supervisor lives in a leaf (`Delegate=yes`,
+//!    `DelegateSubgroup=supervisor`): rule 3 then puts `stockade` next to `supervisor` *inside*
+//!    the unit's delegated subtree, so the unit's limits do cover the sandboxes.
 //! 4. If the caller's cgroup holds processes and is the top of the visible hierarchy (a cgroup
 //!    namespace) or its parent is not writable, creation fails with
 //!    [`CgroupError::NoInternalProcesses`] saying how to fix it. The caller's own processes are

@@ -399,3 +399,59 @@ fn host_sweep_removes_a_dead_supervisors_cgroups() {
     assert!(removed.contains(&n), "{removed:?}");
     assert!(paths.iter().all(|p| !p.exists()));
 }
+
+const BUSY_1S: &str = "import time\nt = time.time()\nwhile time.time() - t < 1.0: pass";
+
+/// nr_throttled from cpu.stat of the directory holding the cpu limit (v1 and v2 both have it).
+fn nr_throttled(cg: &Cgroup) -> u64 {
+    let dir = cg
+        .paths()
+        .into_iter()
+        .find(|p| p.join("cpu.cfs_quota_us").exists() || p.join("cpu.max").exists())
+        .expect("a cpu directory");
+    let stat = std::fs::read_to_string(dir.join("cpu.stat")).unwrap();
+    crate::cgroup::fsops::keyed_value(&stat, "nr_throttled").expect("nr_throttled in cpu.stat")
+}
+
+#[test]
+fn host_cpu_limit_throttles() {
+    let _g = shared();
+    let l = layout();
+    let py = python();
+    // Control: a single thread can never use more than 2 CPUs, so it is never throttled.
+    let control = Cgroup::create(
+        &l,
+        &name("cpuctl"),
+        &Limits {
+            cpus: Some(2.0),
+            ..Limits::default()
+        },
+    )
+    .unwrap();
+    let (st, _, err) = run_in(&control, &[py, "-c", BUSY_1S]);
+    assert!(st.success(), "{err}");
+    assert_eq!(nr_throttled(&control), 0);
+    destroy_clean(control);
+
+    let cg = Cgroup::create(
+        &l,
+        &name("cpulim"),
+        &Limits {
+            cpus: Some(0.2),
+            ..Limits::default()
+        },
+    )
+    .unwrap();
+    let (st, _, err) = run_in(&cg, &[py, "-c", BUSY_1S]);
+    assert!(st.success(), "{err}");
+    assert!(
+        nr_throttled(&cg) > 0,
+        "a busy loop under 0.2 CPU must be throttled"
+    );
+    let used = cg.stats().cpu_usage_ns.unwrap();
+    assert!(
+        used < 700_000_000,
+        "used {used} ns of CPU in 1 s under a 0.2 CPU limit"
+    );
+    destroy_clean(cg);
+}
