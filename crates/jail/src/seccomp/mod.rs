@@ -1,1 +1,254 @@
-//! seccomp-bpf filter kept as data (stub, being written).
+//! The seccomp-bpf filter: policy kept as data (`table.rs`), compiled once by the supervisor,
+//! shipped to the launcher as bytes, installed between fork and exec.
+//!
+//! # What it guarantees
+//!
+//! On x86_64 and aarch64, once [`SeccompProgram::apply`] returns `Ok`, the calling thread and
+//! everything it execs or forks:
+//!
+//! * may make only the syscalls of Docker/Moby's default profile allowlist; anything else
+//!   returns `EPERM` (the default action);
+//! * additionally gets `EPERM` for the syscalls in `table::DENIED` even where Docker allows
+//!   them (ptrace, process_vm_*, bpf, perf_event_open, userfaultfd, io_uring_*, the keyring,
+//!   the whole mount API, unshare/setns, kexec, modules, file handles, acct, swap, reboot,
+//!   syslog, quotas, clock setting, lookup_dcookie, vhangup, nfsservctl);
+//! * gets the errno of `table::CONDITIONAL` for these argument patterns: `clone` with any
+//!   `CLONE_NEW*` flag → `EPERM`; `clone3` → `ENOSYS` (glibc then falls back to `clone`);
+//!   `ioctl` `TIOCSTI`/`TIOCLINUX` (low 32 bits of the command) → `EPERM`; `socket`/`socketpair`
+//!   outside `AF_UNIX`/`AF_INET`/`AF_INET6` → `EAFNOSUPPORT`; `socket` of type `SOCK_RAW` or
+//!   `SOCK_PACKET` → `EPERM`; `personality` other than 0, 8, 0x20000, 0x20008, 0xffffffff →
+//!   `EPERM`;
+//! * is killed (`SECCOMP_RET_KILL_PROCESS`, SIGSYS) for a syscall of another audit
+//!   architecture, e.g. the i386 ABI through `int 0x80` on x86_64 (seccompiler checks
+//!   `seccomp_data.arch` first in every filter);
+//! * gets `EPERM` for x32 syscalls (`nr | 0x40000000`): they carry `AUDIT_ARCH_X86_64`, so the
+//!   arch check passes them, but seccompiler compares the full syscall number, so no allow rule
+//!   matches and the allowlist layer's default applies.
+//!
+//! # Layers, and which errno wins
+//!
+//! seccompiler gives a filter one match action and one mismatch action, so different errnos
+//! need different filters. The kernel runs every installed filter on every syscall and, per
+//! seccomp(2): "the most recently installed filter is executed first ... The return value for
+//! the evaluation of a given system call is the first-seen action value of highest precedence
+//! (along with its accompanying data)". `kernel/seccomp.c` `seccomp_run_filters()` walks from
+//! the newest filter to the oldest and replaces its result only on a *strictly* stronger
+//! action, so between two `SECCOMP_RET_ERRNO` results the newest filter's errno wins, and any
+//! errno beats ALLOW. We therefore install:
+//!
+//! 1. the allowlist (match ALLOW, otherwise `EPERM`), which also allows the conditional
+//!    syscalls;
+//! 2. one layer per errno in `table::LAYER_ORDER` (`EPERM`, then `EAFNOSUPPORT`, then
+//!    `ENOSYS`), each "ALLOW unless the pattern matches". A call two layers deny gets the later
+//!    layer's errno, e.g. `socket(AF_PACKET, SOCK_RAW, 0)` → `EAFNOSUPPORT`.
+//!
+//! # What it does not do
+//!
+//! * It is a layer on top of namespaces, Landlock, capabilities and cgroups, not a sandbox by
+//!   itself: an allowed syscall (open, connect, ...) is confined by those, not here.
+//! * BPF sees only syscall registers: pointers (paths, `clone3` arguments, `sockaddr`s,
+//!   `ioctl` payloads) cannot be inspected, which is why `clone3` is refused outright.
+//! * It does not apply to other threads (no TSYNC): call [`SeccompProgram::apply`] in a
+//!   single-threaded process (the launcher, between fork and exec).
+//! * It requires `no_new_privs` (set by the caller; `apply` checks and refuses otherwise).
+//! * Only x86_64 and aarch64 are built; other architectures are an error, never "no filter".
+//!
+//! # How it is tested
+//!
+//! `tests/`: for every denial a child process (forked after compiling; only raw syscalls in the
+//! child) sets `no_new_privs`, applies the program and makes the syscall with arguments for
+//! which an unfiltered root process gets a different, specific result; the parent asserts the
+//! exact errno (or SIGSYS). A control child runs the same probe without the filter and must get
+//! that different result. A child that applies the filter then execs python3 with threads, a
+//! subprocess, fork, AF_INET/AF_INET6/AF_UNIX sockets, pipes and epoll must exit 0. Unit tests
+//! cover the table (no name both allowed and denied, numbers equal to `libc`) and the byte
+//! format against truncated and garbage input.
+
+mod compile;
+mod sysno;
+mod table;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use seccompiler::BpfProgram;
+
+use compile::Arch;
+
+/// One or more compiled BPF filters for the running architecture, in installation order.
+#[derive(Debug, Clone)]
+pub struct SeccompProgram {
+    arch: Arch,
+    filters: Vec<BpfProgram>,
+    default_errno: u32,
+    allowed: u32,
+    conditional: u32,
+}
+
+/// Why a program could not be built, read or installed.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error(
+        "seccomp filters are only built for x86_64 and aarch64, and this host is {arch}; \
+         run Stockade on a supported architecture"
+    )]
+    UnsupportedArch { arch: String },
+    #[error(
+        "the seccomp program was compiled for {expected} but this process runs on {found}; \
+         compile it on the host that applies it"
+    )]
+    WrongArch {
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error(
+        "the syscall table for {arch} has no number for `{name}`, which the policy checks; \
+         this is a Stockade bug, please report it"
+    )]
+    MissingSyscall {
+        name: &'static str,
+        arch: &'static str,
+    },
+    #[error(
+        "the seccomp policy lists `{name}` inconsistently (both allowed and denied, or with an \
+         errno missing from LAYER_ORDER); fix crates/jail/src/seccomp/table.rs"
+    )]
+    PolicyConflict { name: &'static str },
+    #[error("seccompiler rejected the {layer} layer: {source}; this is a Stockade bug")]
+    Compile {
+        layer: &'static str,
+        #[source]
+        source: seccompiler::BackendError,
+    },
+    #[error(
+        "the seccomp program bytes are malformed ({reason}); the supervisor and the launcher \
+         must be the same Stockade build"
+    )]
+    Malformed { reason: &'static str },
+    #[error(
+        "no_new_privs is not set on this thread; call prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) \
+         before SeccompProgram::apply"
+    )]
+    NoNewPrivs,
+    #[error(
+        "installing seccomp filter {index} failed (errno {errno}); filters before it are in force, \
+         so this process must exit. Check that the kernel has CONFIG_SECCOMP_FILTER"
+    )]
+    Install { index: usize, errno: i32 },
+}
+
+impl SeccompProgram {
+    /// Compiles Stockade's default filter set for the running architecture (x86_64 and
+    /// aarch64); any other architecture is [`SeccompError::UnsupportedArch`].
+    pub fn compile_default() -> Result<SeccompProgram, SeccompError> {
+        let arch = Arch::running()?;
+        let c = compile::compile(arch)?;
+        if c.filters.len() > wire::MAX_FILTERS
+            || c.filters
+                .iter()
+                .any(|f| f.is_empty() || f.len() > wire::MAX_INSNS)
+        {
+            return Err(SeccompError::Malformed {
+                reason: "compiled filter out of bounds",
+            });
+        }
+        Ok(SeccompProgram {
+            arch,
+            filters: c.filters,
+            default_errno: table::DEFAULT_ERRNO.unsigned_abs(),
+            allowed: c.allowed,
+            conditional: c.conditional,
+        })
+    }
+
+    /// Serialises the program so the supervisor can pass it to the launcher over a pipe.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        wire::encode(self)
+    }
+
+    /// Reads bytes made by [`SeccompProgram::to_bytes`]. Checks magic, version, architecture
+    /// and every length; never panics on hostile input. The kernel validates the instructions
+    /// at [`SeccompProgram::apply`].
+    pub fn from_bytes(b: &[u8]) -> Result<SeccompProgram, SeccompError> {
+        wire::decode(b)
+    }
+
+    /// Installs every filter on the calling thread, oldest layer first.
+    ///
+    /// Requires `no_new_privs` to be set on the calling thread already (it returns
+    /// [`SeccompError::NoNewPrivs`] otherwise). Filters only the calling thread (no TSYNC): call
+    /// it in a single-threaded process. Uses only raw `prctl`/`seccomp` syscalls and does not
+    /// allocate, so it is safe between fork and exec. On error after the first filter, the
+    /// filters already installed stay in force; the caller must exit.
+    pub fn apply(&self) -> Result<(), SeccompError> {
+        let running = std::env::consts::ARCH;
+        if running != self.arch.name() {
+            let found = if running == "aarch64" {
+                "aarch64"
+            } else {
+                "another architecture"
+            };
+            return Err(SeccompError::WrongArch {
+                expected: self.arch.name(),
+                found,
+            });
+        }
+        // SAFETY: PR_GET_NO_NEW_PRIVS reads a flag of the calling thread and takes no pointers.
+        let nnp = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
+        if nnp != 1 {
+            return Err(SeccompError::NoNewPrivs);
+        }
+        for (index, filter) in self.filters.iter().enumerate() {
+            let Ok(len) = u16::try_from(filter.len()) else {
+                return Err(SeccompError::Malformed {
+                    reason: "filter longer than 65535",
+                });
+            };
+            let prog = libc::sock_fprog {
+                len,
+                // seccompiler's `sock_filter` is `#[repr(C)]` with the same fields, in the same
+                // order and of the same types as the kernel's (and libc's) `struct sock_filter`.
+                filter: filter.as_ptr().cast::<libc::sock_filter>().cast_mut(),
+            };
+            // SAFETY: `prog` points at `filter`, which `self` owns and keeps alive and unchanged
+            // for the whole call; the kernel copies the instructions before returning and never
+            // writes through the pointer. The call affects only the calling thread.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0,
+                    &raw const prog,
+                )
+            };
+            if rc != 0 {
+                let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                return Err(SeccompError::Install { index, errno });
+            }
+        }
+        Ok(())
+    }
+
+    /// A short description for the audit record.
+    pub fn describe(&self) -> String {
+        format!(
+            "bpf: {} filters for {}, default errno {}, {} syscalls allowed, {} argument checks, \
+             foreign arch killed",
+            self.filters.len(),
+            self.arch.name(),
+            errno_name(self.default_errno),
+            self.allowed,
+            self.conditional,
+        )
+    }
+}
+
+fn errno_name(errno: u32) -> String {
+    match i32::try_from(errno) {
+        Ok(libc::EPERM) => "EPERM".to_owned(),
+        Ok(libc::ENOSYS) => "ENOSYS".to_owned(),
+        Ok(libc::EAFNOSUPPORT) => "EAFNOSUPPORT".to_owned(),
+        _ => errno.to_string(),
+    }
+}
