@@ -30,6 +30,10 @@ fn single_threaded() -> bool {
 
 /// Entry point; returns the launcher's exit code.
 pub fn main(allow_weaker: bool) -> i32 {
+    // Nothing of the caller's but the descriptors above may reach the sandbox.
+    if sys::close_fds_from(LIVENESS_FD + 1).is_err() {
+        return 125;
+    }
     // SAFETY: the supervisor placed these descriptors at fixed numbers before exec and nothing
     // else in this fresh process owns them.
     let mut ctrl = unsafe { UnixStream::from_raw_fd(CTRL_FD) };

@@ -69,7 +69,7 @@ pub fn run(plan: &SandboxPlan, pre: PreOpened, mut ctrl: UnixStream, allow_weake
         (Some(u), Some(l)) => Some((fd_path(u), fd_path(l))),
         _ => None,
     };
-    if let (Some(rs), Some(u), Some(l)) = (ruleset.take(), &built.overlay_upper, &built.overlay_lower) {
+    if let (Some(u), Some(l), Some(rs)) = (&built.overlay_upper, &built.overlay_lower, ruleset.take_if(|_| layer_paths.is_some())) {
         use landlock::{ABI, AccessFs, PathBeneath, RulesetCreatedAttr};
         let read = AccessFs::from_read(ABI::V6);
         match rs.add_rule(PathBeneath::new(u, read)).and_then(|rs| rs.add_rule(PathBeneath::new(l, read))) {

@@ -146,8 +146,10 @@ fn idmap_userns(host_uid: u32) -> Result<OwnedFd, LaunchError> {
     let pid = unsafe { sys::clone_fork(libc::CLONE_NEWUSER as libc::c_ulong) }.map_err(le("creating idmap namespace"))?;
     if pid == 0 {
         let mut b = [0u8; 1];
-        // SAFETY: read into a one-byte stack buffer from a descriptor we own; _exit never returns.
+        // SAFETY: our copy of the write end is closed first so the read sees EOF when the parent
+        // drops its own; then a one-byte read into a stack buffer; _exit never returns.
         unsafe {
+            libc::close(w.as_raw_fd());
             libc::read(r.as_raw_fd(), b.as_mut_ptr().cast(), 1);
             libc::_exit(0);
         }

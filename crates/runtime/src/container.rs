@@ -205,9 +205,8 @@ fn supervise(
     let err_t = relay::output(stderr, std::io::stderr(), counter.clone(), tx.clone());
     relay::input(stdin);
     relay::signals(tx.clone());
-    if policy.workspace.mode == WorkspaceMode::Rw {
-        relay::disk_watch(workspace.to_path_buf(), policy.limits.disk.0, tx.clone());
-    }
+    let watch = (policy.workspace.mode == WorkspaceMode::Rw)
+        .then(|| relay::disk_watch(workspace.to_path_buf(), policy.limits.disk.0, tx.clone()));
     drop(tx);
 
     let deadline = Instant::now() + policy.limits.timeout;
@@ -277,6 +276,9 @@ fn supervise(
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => outcome = Some((None, None)),
         }
+    }
+    if let Some(w) = watch {
+        w.store(true, std::sync::atomic::Ordering::SeqCst);
     }
     drop(liveness);
     drop(ctrl);

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -168,10 +168,12 @@ pub fn usage(root: &std::path::Path) -> u64 {
 /// Watches the growth of a writable workspace against the disk budget (the fallback when no
 /// filesystem project quota is available). Re-walks at most every second, less often when a walk
 /// is slow, so a large workspace costs a bounded share of one core.
-pub fn disk_watch(root: PathBuf, budget: u64, tx: Sender<Event>) {
+pub fn disk_watch(root: PathBuf, budget: u64, tx: Sender<Event>) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = stop.clone();
     std::thread::spawn(move || {
         let baseline = usage(&root);
-        loop {
+        while !done.load(Ordering::SeqCst) {
             let t = Instant::now();
             let now = usage(&root);
             if now.saturating_sub(baseline) > budget {
@@ -180,11 +182,9 @@ pub fn disk_watch(root: PathBuf, budget: u64, tx: Sender<Event>) {
             }
             let pause = (t.elapsed() * 5).max(Duration::from_millis(500));
             std::thread::sleep(pause);
-            if tx.send(Event::Signal(0)).is_err() {
-                return;
-            }
         }
     });
+    stop
 }
 
 pub fn join_bounded(h: JoinHandle<()>, limit: Duration) {
