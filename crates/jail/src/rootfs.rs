@@ -242,6 +242,15 @@ pub fn build(plan: &SandboxPlan, mut pre: PreOpened) -> Result<BuiltRoot, SetupE
         (WorkspaceKind::Overlay, Some(tree)) => {
             let lower = hidden.join("lower");
             attach(&tree, &lower, true)?;
+            // The overlay's root takes the upper directory's owner and mode: copy the lower's.
+            let lm = fs::metadata(&lower).map_err(err("inspecting", &lower))?;
+            let upper = scratch.join("upper");
+            {
+                use std::os::unix::fs::MetadataExt;
+                chown(&upper, lm.uid(), lm.gid())?;
+                fs::set_permissions(&upper, fs::Permissions::from_mode(lm.mode() & 0o7777))
+                    .map_err(err("chmod", &upper))?;
+            }
             let opts = format!(
                 "lowerdir={},upperdir={},workdir={},userxattr",
                 lower.display(),

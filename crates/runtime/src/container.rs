@@ -280,9 +280,11 @@ fn supervise(
     if let Some(w) = watch {
         w.store(true, std::sync::atomic::Ordering::SeqCst);
     }
-    drop(liveness);
+    // Reap the launcher before letting go of the liveness pipe: its EOF means "supervisor died,
+    // clean up", which must not race our own reading of the cgroup's statistics.
     drop(ctrl);
     let _ = child.wait();
+    drop(liveness);
     // Every process of the sandbox is gone (PID 1 ended), so the pipes reach EOF; bounded anyway.
     relay::join_bounded(out_t, Duration::from_secs(2));
     relay::join_bounded(err_t, Duration::from_secs(2));
@@ -291,6 +293,7 @@ fn supervise(
     }
     let (termination, changes) = outcome.unwrap_or((None, None));
     let stats = cg.map(Cgroup::stats);
+    if std::env::var_os("STOCKADE_DEBUG").is_some() { eprintln!("debug: stats {stats:?} term {termination:?} reason {reason:?} cg {:?}", cg.map(Cgroup::paths)); }
     if let Some(s) = &stats {
         if s.oom_kills > 0 && matches!(termination, Some(Termination::Signaled(9)) | None) {
             reason = EndReason::Memory;
