@@ -137,7 +137,7 @@ pub fn run(policy: &Policy, argv: &[String], opts: &RunOptions) -> Result<RunRep
         pids: Some(policy.limits.pids),
     };
     let cg = match Layout::discover().and_then(|layout| {
-        cgroup::sweep_stale(&layout);
+        cgroup::sweep_stale(&layout, Duration::from_secs(60));
         Cgroup::create(&layout, &id, &limits)
     }) {
         Ok(cg) => Some(cg),
@@ -293,7 +293,6 @@ fn supervise(
     }
     let (termination, changes) = outcome.unwrap_or((None, None));
     let stats = cg.map(Cgroup::stats);
-    if std::env::var_os("STOCKADE_DEBUG").is_some() { eprintln!("debug: stats {stats:?} term {termination:?} reason {reason:?} cg {:?}", cg.map(Cgroup::paths)); }
     if let Some(s) = &stats {
         if s.oom_kills > 0 && matches!(termination, Some(Termination::Signaled(9)) | None) {
             reason = EndReason::Memory;
