@@ -152,8 +152,3 @@ pub(crate) fn rmdir_retry(fs: &dyn CgroupFs, dir: &Path, deadline: Instant) -> i
         }
     }
 }
-
-/// Whether an rmdir error means "other children or processes still use it".
-pub(crate) fn is_busy(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::ENOTEMPTY))
-}

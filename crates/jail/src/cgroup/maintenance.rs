@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::discovery::Layout;
 use super::fsops::list_pids;
@@ -35,13 +36,14 @@ fn parent_dirs(layout: &Layout) -> Vec<PathBuf> {
 }
 
 /// Removes `stockade/<name>` cgroups left by a supervisor that died: those with no process in any
-/// hierarchy. Returns the names removed. Run it at supervisor start, before creating sandboxes: a
-/// concurrent supervisor's cgroup that is created but not yet joined looks stale too (its
-/// `add_pid` then fails, closed).
-pub fn sweep_stale(layout: &Layout) -> Vec<String> {
-    let mut by_name: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    let parents = parent_dirs(layout);
-    for parent in &parents {
+/// hierarchy and whose every directory was last modified at least `min_age` ago (a directory whose
+/// age cannot be read counts as young). Returns the names removed. The age guard keeps a
+/// concurrent supervisor's cgroup, created but not yet joined (and so empty), out of reach. The
+/// `stockade` parents are never removed: a concurrent sandbox's mkdir under them would race.
+pub fn sweep_stale(layout: &Layout, min_age: Duration) -> Vec<String> {
+    // Per name: its directories, and whether all of them are old enough.
+    let mut by_name: BTreeMap<String, (Vec<PathBuf>, bool)> = BTreeMap::new();
+    for parent in &parent_dirs(layout) {
         let Ok(entries) = fs::read_dir(parent) else {
             continue;
         };
@@ -49,23 +51,28 @@ pub fn sweep_stale(layout: &Layout) -> Vec<String> {
             let Ok(name) = e.file_name().into_string() else {
                 continue;
             };
-            if validate_name(&name).is_ok() && e.path().is_dir() {
-                by_name.entry(name).or_default().push(e.path());
+            // Unreadable metadata keeps the name (as young) rather than sweeping its other dirs.
+            let meta = e.metadata().ok();
+            if validate_name(&name).is_err() || meta.as_ref().is_some_and(|m| !m.is_dir()) {
+                continue;
             }
+            let old_enough = meta
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= min_age);
+            let entry = by_name.entry(name).or_insert((Vec::new(), true));
+            entry.0.push(e.path());
+            entry.1 &= old_enough;
         }
     }
     let mut removed = Vec::new();
-    for (name, dirs) in by_name {
+    for (name, (dirs, old_enough)) in by_name {
         let empty = dirs
             .iter()
             .all(|d| list_pids(&d.join("cgroup.procs")).is_ok_and(|p| p.is_empty()));
-        if empty && dirs.iter().all(|d| layout.fs.rmdir(d).is_ok()) {
+        if old_enough && empty && dirs.iter().all(|d| layout.fs.rmdir(d).is_ok()) {
             removed.push(name);
         }
-    }
-    for parent in &parents {
-        // Busy (other sandboxes) or already gone are both fine here.
-        let _ = layout.fs.rmdir(parent);
     }
     removed
 }

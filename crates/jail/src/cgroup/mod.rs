@@ -11,16 +11,22 @@
 //! - **Fail closed.** Every requested limit is written and read back (byte limits may read back
 //!   rounded down to a page). A missing controller, an unwritable directory, a missing control file,
 //!   a refused write or a differing read-back is a [`CgroupError`] naming the controller, the file
-//!   and what to do, and whatever was created is removed.
+//!   and what to do, and the sandbox directories created are removed (the shared `stockade`
+//!   parents stay, see below).
 //! - A swap limit is enforced (v1 `memory.memsw.limit_in_bytes` = memory+swap, v2
 //!   `memory.swap.max`) or, where the kernel does not account swap, accepted only when /proc/swaps
 //!   lists no active swap (then nothing can be swapped; this is recorded in [`Cgroup::notes`]).
 //! - [`Cgroup::enforced`] lists exactly the controllers whose limits were applied, for the audit record.
 //! - Names are one safe path component ([`validate_name`]).
 //! - [`Cgroup::destroy`] kills every member (v2 `cgroup.kill`, then a SIGKILL loop over every
-//!   `cgroup.procs` until empty or a 5 s deadline), removes the directories and *checks* that they
-//!   are gone; it reports leftovers instead of assuming success. Kills go through pidfds opened
-//!   before a re-read of `cgroup.procs`, so a recycled pid outside the cgroup is never signalled.
+//!   `cgroup.procs` until empty or a 5 s deadline), removes the sandbox's directories and *checks*
+//!   that they are gone; it reports leftovers instead of assuming success. Kills go through pidfds
+//!   opened before a re-read of `cgroup.procs`, so a recycled pid outside the cgroup is never
+//!   signalled.
+//! - The `stockade` parents are shared by concurrent sandboxes and are never removed, by
+//!   [`Cgroup::destroy`] or [`sweep_stale`]: an rmdir of an empty parent would race another
+//!   sandbox's mkdir of its directory under it. They persist as empty cgroups, and
+//!   [`Cgroup::create`] uses one that exists already.
 //!
 //! # cgroup v2 placement (the no-internal-processes rule)
 //! Controllers can only be enabled in a non-root cgroup's `cgroup.subtree_control` while it holds
@@ -52,7 +58,9 @@
 //! - v1 memory charges made before joining stay with the old cgroup. Stats on a kernel missing a
 //!   file (v2 `memory.peak` before 5.19, v1 `oom_kill` before 4.13) are None or approximated (v1:
 //!   `memory.failcnt` > 0 counts as one OOM kill).
-//! - [`sweep_stale`] cannot tell a dead supervisor's empty cgroup from a live one's not yet joined.
+//! - [`sweep_stale`] cannot tell a dead supervisor's empty cgroup from a live one's not yet joined;
+//!   it only spares cgroups younger than its `min_age` (by directory mtime), so `min_age` must
+//!   exceed the time a supervisor takes from create to `add_pid`.
 //!
 //! # How it is tested
 //! Unit tests run the whole create/stats/destroy path against a fake cgroupfs tree in a temp dir
@@ -60,8 +68,9 @@
 //! v2 and hybrid layouts, including fail-closed cases and mountinfo parsing. Host tests (root, this
 //! crate's CI runs as root) create real cgroups on the machine's layout and prove each denial
 //! (fork refused by pids.max, OOM kill under memory limit) against a control run without the limit,
-//! and that destroy kills members and removes the directories. A host test that cannot run fails
-//! with the reason.
+//! that destroy kills members and removes the sandbox's directories while the `stockade` parents
+//! stay, and that sweep_stale spares a cgroup younger than `min_age`. A host test that cannot run
+//! fails with the reason.
 
 mod discovery;
 mod error;

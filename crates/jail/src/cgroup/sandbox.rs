@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::discovery::{Layout, Placed};
-use super::fsops::{CgroupFs, KILL_DEADLINE, is_busy, kill_until_empty, rmdir_retry, swap_active};
+use super::fsops::{CgroupFs, KILL_DEADLINE, kill_until_empty, rmdir_retry, swap_active};
 use super::plan::{HostFacts, apply, cpu_quota_us, needed};
 use super::{CgroupError, CleanupReport, Controller, Limits, PARENT_DIR, Stats, Version, v1, v2};
 
@@ -26,9 +26,8 @@ pub(crate) struct Dir {
 #[derive(Debug)]
 pub struct Cgroup {
     name: String,
+    /// The leaves. The `stockade` parents are shared with other sandboxes and never removed.
     dirs: Vec<Dir>,
-    /// `stockade` parents this sandbox may have created; rmdir'd on destroy if empty.
-    parents: Vec<PathBuf>,
     enforced: Vec<(Controller, Version)>,
     notes: Vec<String>,
     fs: Arc<dyn CgroupFs>,
@@ -63,6 +62,8 @@ pub fn validate_name(name: &str) -> Result<(), CgroupError> {
     Ok(())
 }
 
+/// Creates a `stockade` parent; one that exists already is fine (parents persist and are shared
+/// by concurrent sandboxes).
 fn mkdir_parent(fs: &dyn CgroupFs, c: Controller, dir: &Path) -> Result<(), CgroupError> {
     match fs.mkdir(dir) {
         Ok(()) => Ok(()),
@@ -93,8 +94,10 @@ fn mkdir_leaf(fs: &dyn CgroupFs, c: Controller, dir: &Path) -> Result<(), Cgroup
 impl Cgroup {
     /// Creates `<caller's cgroup>/stockade/<name>` for every controller a limit needs (v1: per
     /// hierarchy; v2: one directory, enabling controllers in `cgroup.subtree_control` of the parents
-    /// it creates), writes the limits and reads each back. Fails closed: a limit that cannot be
-    /// applied is an error naming the controller and reason, and everything created is removed.
+    /// it creates or finds), writes the limits and reads each back. A `stockade` parent that
+    /// already exists (another sandbox's, or left by an earlier one) is used as is. Fails closed:
+    /// a limit that cannot be applied is an error naming the controller and reason, and the leaves
+    /// created are removed (the parents stay, as after [`Cgroup::destroy`]).
     pub fn create(layout: &Layout, name: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
         validate_name(name)?;
         if let Some(cpus) = limits.cpus {
@@ -103,7 +106,6 @@ impl Cgroup {
         let mut cg = Cgroup {
             name: name.to_string(),
             dirs: Vec::new(),
-            parents: Vec::new(),
             enforced: Vec::new(),
             notes: Vec::new(),
             fs: Arc::clone(&layout.fs),
@@ -201,7 +203,6 @@ impl Cgroup {
     ) -> Result<(), CgroupError> {
         let parent = placed.own.join(PARENT_DIR);
         mkdir_parent(&*self.fs, c, &parent)?;
-        self.parents.push(parent.clone());
         let leaf = parent.join(&self.name);
         mkdir_leaf(&*self.fs, c, &leaf)?;
         let controllers = if cpuacct_only { Vec::new() } else { vec![c] };
@@ -237,7 +238,6 @@ impl Cgroup {
                 });
             }
         }
-        self.parents.push(parent.clone());
         v2::enable(&*self.fs, &parent, needed)?;
         let leaf = parent.join(&self.name);
         mkdir_leaf(&*self.fs, needed[0], &leaf)?;
@@ -338,8 +338,9 @@ impl Cgroup {
 
     /// Kills every process in the cgroup (v2: cgroup.kill when present; then a SIGKILL loop over
     /// cgroup.procs of every hierarchy until empty, bounded by a deadline), removes the leaf
-    /// directories and then the `stockade` parents if empty (EBUSY there is ignored: another
-    /// sandbox uses it), and verifies the leaves are gone. Reports what could not be removed.
+    /// directories, and verifies they are gone. Reports what could not be removed. The shared
+    /// `stockade` parents stay (as empty directories): removing them would race a concurrent
+    /// sandbox's mkdir of its leaf under the same parent.
     pub fn destroy(mut self) -> CleanupReport {
         self.destroy_inner()
     }
@@ -362,22 +363,14 @@ impl Cgroup {
                 leftovers.push(format!("{}: rmdir: {e}", d.leaf.display()));
             }
         }
-        self.parents.sort();
-        self.parents.dedup();
-        for p in &self.parents {
-            match self.fs.rmdir(p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound || is_busy(&e) => {}
-                Err(e) => leftovers.push(format!("{}: rmdir: {e}", p.display())),
-            }
-        }
+        // The `stockade` parents stay: removing them races a concurrent sandbox's mkdir of its
+        // leaf under the same parent. They are empty directories and cost nothing.
         for d in &self.dirs {
             if d.leaf.exists() {
                 leftovers.push(format!("{}: still exists", d.leaf.display()));
             }
         }
         self.dirs.clear();
-        self.parents.clear();
         CleanupReport { leftovers }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use super::discovery::hybrid;
 use super::fake::{
@@ -74,11 +75,42 @@ fn all_limits() -> Limits {
     }
 }
 
-/// No directory named `stockade` is left anywhere in the tree.
-fn assert_no_stockade_dirs(cg: &Path) {
-    for h in ["memory/process_api/e442", "cpu,cpuacct", "pids"] {
+const HIERARCHIES: [&str; 3] = ["memory/process_api/e442", "cpu,cpuacct", "pids"];
+
+/// The `stockade` parent exists in exactly the hierarchies `kept` (parents persist once created)
+/// and holds no sandbox directory there.
+fn assert_only_empty_parents(cg: &Path, kept: &[&str]) {
+    for h in HIERARCHIES {
         let p = cg.join(h).join("stockade");
-        assert!(!p.exists(), "{} left behind", p.display());
+        if kept.contains(&h) {
+            assert!(
+                p.is_dir(),
+                "{} removed: the shared parent must stay",
+                p.display()
+            );
+            let leaves: Vec<_> = std::fs::read_dir(&p)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_type().unwrap().is_dir())
+                .map(|e| e.file_name())
+                .collect();
+            assert!(leaves.is_empty(), "{} still holds {leaves:?}", p.display());
+        } else {
+            assert!(!p.exists(), "{} created", p.display());
+        }
+    }
+}
+
+/// No `stockade` directory was ever created: the call failed before any mkdir.
+fn assert_no_stockade_dirs(cg: &Path) {
+    assert_only_empty_parents(cg, &[]);
+}
+
+/// Sets the mtime of each directory `ago` into the past (an old leaf, for sweep_stale).
+fn backdate(dirs: &[PathBuf], ago: Duration) {
+    for d in dirs {
+        let f = std::fs::File::open(d).unwrap();
+        f.set_modified(SystemTime::now() - ago).unwrap();
     }
 }
 
@@ -116,7 +148,7 @@ fn create_writes_each_limit_to_the_right_file() {
     assert!(c.notes().is_empty(), "{:?}", c.notes());
     let r = c.destroy();
     assert!(r.is_clean(), "{r:?}");
-    assert_no_stockade_dirs(&t.cg);
+    assert_only_empty_parents(&t.cg, &HIERARCHIES);
 }
 
 #[test]
@@ -211,7 +243,7 @@ fn missing_limit_file_fails_closed_and_removes_everything() {
         other => panic!("expected a pids write error, got {other:?}"),
     }
     assert!(e.to_string().contains("pids.max"), "{e}");
-    assert_no_stockade_dirs(&t.cg);
+    assert_only_empty_parents(&t.cg, &HIERARCHIES);
 }
 
 #[test]
@@ -222,7 +254,7 @@ fn value_the_kernel_ignores_fails_read_back() {
         matches!(&e, CgroupError::ReadBack { controller: Controller::Cpu, wrote, read, .. } if wrote == "50000" && read == "-1"),
         "{e:?}"
     );
-    assert_no_stockade_dirs(&t.cg);
+    assert_only_empty_parents(&t.cg, &HIERARCHIES);
 }
 
 #[test]
@@ -251,9 +283,10 @@ fn missing_controller_fails_closed() {
         "{e:?}"
     );
     assert!(
-        !cg.join("memory/stockade").exists(),
+        !cg.join("memory/stockade/sb").exists(),
         "memory dir created before the failure is removed"
     );
+    assert!(cg.join("memory/stockade").is_dir(), "the parent stays");
 }
 
 #[test]
@@ -285,7 +318,7 @@ fn swap_without_accounting_depends_on_active_swap() {
         ),
         "{e:?}"
     );
-    assert_no_stockade_dirs(&t.cg);
+    assert_only_empty_parents(&t.cg, &["memory/process_api/e442"]);
     // With swap accounting, active swap is fine.
     let t = tree_with(true, SOME_SWAP, None, None);
     assert!(
@@ -369,7 +402,7 @@ fn name_in_use_is_an_error_and_leaves_the_other_alone() {
     assert!(matches!(e, CgroupError::NameInUse { .. }), "{e:?}");
     assert!(a.paths().iter().all(|p| p.exists()), "first sandbox intact");
     assert!(a.destroy().is_clean());
-    assert_no_stockade_dirs(&t.cg);
+    assert_only_empty_parents(&t.cg, &HIERARCHIES);
 }
 
 #[test]
@@ -382,7 +415,55 @@ fn destroy_keeps_a_parent_another_sandbox_uses() {
     assert!(a_paths.iter().all(|p| !p.exists()));
     assert!(b.paths().iter().all(|p| p.exists()));
     assert!(b.destroy().is_clean());
-    assert_no_stockade_dirs(&t.cg);
+    assert_only_empty_parents(&t.cg, &HIERARCHIES);
+}
+
+#[test]
+fn destroy_removes_the_leaves_and_leaves_the_parents() {
+    let t = tree();
+    let c = Cgroup::create(&t.layout, "sb", &all_limits()).unwrap();
+    let paths = c.paths();
+    assert_eq!(paths.len(), 3);
+    let r = c.destroy();
+    assert!(r.is_clean(), "{r:?}");
+    assert!(paths.iter().all(|p| !p.exists()), "{paths:?}");
+    // The last sandbox is gone and its parents are empty, yet destroy left them: an rmdir there
+    // would race a concurrent create's mkdir of its leaf.
+    for p in &paths {
+        let parent = p.parent().unwrap();
+        assert!(parent.is_dir(), "{} removed", parent.display());
+    }
+    assert_only_empty_parents(&t.cg, &HIERARCHIES);
+}
+
+#[test]
+fn create_uses_a_parent_that_exists_already() {
+    let t = tree();
+    assert!(
+        Cgroup::create(&t.layout, "first", &all_limits())
+            .unwrap()
+            .destroy()
+            .is_clean()
+    );
+    assert_only_empty_parents(&t.cg, &HIERARCHIES);
+    // Every parent is there now (EEXIST on its mkdir); the same name is free again.
+    for name in ["second", "first"] {
+        let c = Cgroup::create(&t.layout, name, &all_limits()).unwrap();
+        let pids = t.cg.join("pids/stockade").join(name);
+        assert_eq!(read(&pids.join("pids.max")), "16");
+        assert_eq!(
+            read(
+                &t.cg
+                    .join("cpu,cpuacct/stockade")
+                    .join(name)
+                    .join("cpu.cfs_quota_us")
+            ),
+            "50000"
+        );
+        assert_eq!(c.enforced().len(), 3);
+        assert!(c.destroy().is_clean());
+    }
+    assert_only_empty_parents(&t.cg, &HIERARCHIES);
 }
 
 #[test]
@@ -403,9 +484,79 @@ fn sweep_removes_only_cgroups_without_processes() {
     let (dead_paths, live_paths) = (dead.paths(), live.paths());
     std::mem::forget(dead);
     std::mem::forget(live);
-    assert_eq!(sweep_stale(&t.layout), vec!["dead".to_string()]);
+    assert_eq!(
+        sweep_stale(&t.layout, Duration::ZERO),
+        vec!["dead".to_string()]
+    );
     assert!(dead_paths.iter().all(|p| !p.exists()));
     assert!(live_paths.iter().all(|p| p.exists()));
+    // The parents stay, holding only the live sandbox.
+    for p in &live_paths {
+        assert_eq!(
+            std::fs::read_dir(p.parent().unwrap())
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_dir())
+                .count(),
+            1
+        );
+    }
+}
+
+#[test]
+fn sweep_spares_a_fresh_cgroup_until_min_age_allows() {
+    let t = tree();
+    let fresh = Cgroup::create(&t.layout, "fresh", &all_limits()).unwrap();
+    let paths = fresh.paths();
+    std::mem::forget(fresh); // empty, like a concurrent supervisor's cgroup not yet joined
+    assert_eq!(
+        sweep_stale(&t.layout, Duration::from_secs(3600)),
+        Vec::<String>::new()
+    );
+    assert!(paths.iter().all(|p| p.exists()), "fresh cgroup swept");
+    assert_eq!(
+        sweep_stale(&t.layout, Duration::ZERO),
+        vec!["fresh".to_string()]
+    );
+    assert!(paths.iter().all(|p| !p.exists()));
+    assert_only_empty_parents(&t.cg, &HIERARCHIES);
+}
+
+#[test]
+fn sweep_removes_what_is_older_than_min_age() {
+    let t = tree();
+    let old = Cgroup::create(&t.layout, "old", &all_limits()).unwrap();
+    let new = Cgroup::create(&t.layout, "new", &all_limits()).unwrap();
+    let (old_paths, new_paths) = (old.paths(), new.paths());
+    std::mem::forget(old);
+    std::mem::forget(new);
+    backdate(&old_paths, Duration::from_secs(7200));
+    assert_eq!(
+        sweep_stale(&t.layout, Duration::from_secs(3600)),
+        vec!["old".to_string()]
+    );
+    assert!(old_paths.iter().all(|p| !p.exists()));
+    assert!(new_paths.iter().all(|p| p.exists()));
+}
+
+#[test]
+fn sweep_spares_a_name_with_any_young_directory() {
+    let t = tree();
+    let c = Cgroup::create(&t.layout, "mixed", &all_limits()).unwrap();
+    let paths = c.paths();
+    std::mem::forget(c);
+    // Old in memory and cpu, young in pids: none of its directories may go.
+    backdate(&paths[..2], Duration::from_secs(7200));
+    assert_eq!(
+        sweep_stale(&t.layout, Duration::from_secs(3600)),
+        Vec::<String>::new()
+    );
+    assert!(paths.iter().all(|p| p.exists()), "{paths:?}");
+    backdate(&paths[2..], Duration::from_secs(7200));
+    assert_eq!(
+        sweep_stale(&t.layout, Duration::from_secs(3600)),
+        vec!["mixed".to_string()]
+    );
+    assert!(paths.iter().all(|p| !p.exists()));
 }
 
 #[test]

@@ -82,15 +82,35 @@ fn all_limits() -> Limits {
     }
 }
 
-fn count_dirs(root: &Path, name: &str) -> usize {
-    let mut n = 0;
+/// Every directory called `stockade` under `root`, each checked to hold no sandbox directory
+/// (the parents persist once created; the leaves must be gone).
+fn empty_parents(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
     for e in std::fs::read_dir(root).unwrap().flatten() {
         if e.file_type().unwrap().is_dir() {
-            n += usize::from(e.file_name() == name) + count_dirs(&e.path(), name);
+            if e.file_name() == "stockade" {
+                let leaves: Vec<_> = std::fs::read_dir(e.path())
+                    .unwrap()
+                    .flatten()
+                    .filter(|l| l.file_type().unwrap().is_dir())
+                    .map(|l| l.file_name())
+                    .collect();
+                assert!(
+                    leaves.is_empty(),
+                    "{} still holds {leaves:?}",
+                    e.path().display()
+                );
+                found.push(e.path());
+            } else {
+                found.extend(empty_parents(&e.path()));
+            }
         }
     }
-    n
+    found.sort();
+    found
 }
+
+const NONE: Vec<PathBuf> = Vec::new();
 
 #[test]
 fn at_the_root_controllers_are_enabled_and_limits_written() {
@@ -137,7 +157,8 @@ fn at_the_root_controllers_are_enabled_and_limits_written() {
         t.fs.writes_to("cgroup.kill"),
         vec![(leaf.join("cgroup.kill"), "1".to_string())]
     );
-    assert_eq!(count_dirs(&t.cg, "stockade"), 0);
+    assert!(!leaf.exists());
+    assert_eq!(empty_parents(&t.cg), vec![t.cg.join("stockade")]);
 }
 
 #[test]
@@ -156,7 +177,10 @@ fn busy_service_cgroup_places_sandboxes_beside_it() {
         c.notes()
     );
     assert!(c.destroy().is_clean());
-    assert_eq!(count_dirs(&t.cg, "stockade"), 0);
+    assert_eq!(
+        empty_parents(&t.cg),
+        vec![t.cg.join("system.slice/stockade")]
+    );
 }
 
 #[test]
@@ -227,7 +251,7 @@ fn busy_namespace_root_is_a_clear_error() {
         "{e:?}"
     );
     assert!(e.to_string().contains("leaf cgroup"), "{e}");
-    assert_eq!(count_dirs(&t.cg, "stockade"), 0);
+    assert_eq!(empty_parents(&t.cg), NONE);
     let r = probe(&t.layout);
     assert!(
         r.iter().all(|c| !c.writable
@@ -254,7 +278,7 @@ fn ebusy_on_subtree_control_is_reported_as_internal_processes() {
         matches!(e, CgroupError::NoInternalProcesses { .. }),
         "{e:?}"
     );
-    assert_eq!(count_dirs(&t.cg, "stockade"), 0);
+    assert_eq!(empty_parents(&t.cg), NONE);
 }
 
 #[test]
@@ -280,7 +304,7 @@ fn undelegated_controller_fails_closed() {
         "{e:?}"
     );
     assert!(e.to_string().contains("Delegate=yes"), "{e}");
-    assert_eq!(count_dirs(&t.cg, "stockade"), 0);
+    assert_eq!(empty_parents(&t.cg), NONE);
 }
 
 #[test]
@@ -296,7 +320,10 @@ fn refused_limit_write_fails_closed() {
         matches!(&e, CgroupError::Write { controller: Controller::Cpu, value, .. } if value == "50000 100000"),
         "{e:?}"
     );
-    assert_eq!(count_dirs(&t.cg, "stockade"), 0);
+    assert_eq!(
+        empty_parents(&t.cg),
+        vec![t.cg.join("system.slice/stockade")]
+    );
 }
 
 #[test]
@@ -319,7 +346,10 @@ fn swap_without_swap_max_depends_on_active_swap() {
     let t = build(SERVICE_WITH_PROCS, false, SOME_SWAP, None);
     let e = Cgroup::create(&t.layout, "sb", &lim).unwrap_err();
     assert!(matches!(e, CgroupError::SwapUnenforceable { .. }), "{e:?}");
-    assert_eq!(count_dirs(&t.cg, "stockade"), 0);
+    assert_eq!(
+        empty_parents(&t.cg),
+        vec![t.cg.join("system.slice/stockade")]
+    );
     // v2 can limit swap alone.
     let t = build(SERVICE_WITH_PROCS, true, SOME_SWAP, None);
     let c = Cgroup::create(
@@ -439,5 +469,38 @@ fn hybrid_splits_controllers_across_versions() {
         "{e:?}"
     );
     assert!(c.destroy().is_clean());
-    assert_eq!(count_dirs(&cg, "stockade"), 0);
+    assert_eq!(
+        empty_parents(&cg),
+        vec![cg.join("memory/stockade"), cg.join("unified/stockade")]
+    );
+}
+
+#[test]
+fn create_uses_a_parent_that_exists_already() {
+    let t = build(SERVICE_WITH_PROCS, true, NO_SWAP, None);
+    let parent = t.cg.join("system.slice/stockade");
+    let pids_only = Limits {
+        pids: Some(4),
+        ..Limits::default()
+    };
+    let a = Cgroup::create(&t.layout, "a", &pids_only).unwrap();
+    assert_eq!(read(&parent.join("cgroup.subtree_control")), "pids");
+    // The parent exists (EEXIST on mkdir) and lacks memory and cpu: they are enabled in it while
+    // the other sandbox lives there.
+    let b = Cgroup::create(&t.layout, "b", &all_limits()).unwrap();
+    assert_eq!(
+        read(&parent.join("cgroup.subtree_control")),
+        "cpu memory pids"
+    );
+    assert_eq!(read(&parent.join("b/memory.max")), "67108864");
+    assert_eq!(read(&parent.join("b/cpu.max")), "50000 100000");
+    assert_eq!(b.enforced().len(), 3);
+    assert!(a.destroy().is_clean() && b.destroy().is_clean());
+    assert_eq!(empty_parents(&t.cg), vec![parent.clone()]);
+    // After both are gone the empty parent is reused, and the names are free again.
+    let a = Cgroup::create(&t.layout, "a", &all_limits()).unwrap();
+    assert_eq!(a.paths(), vec![parent.join("a")]);
+    assert_eq!(read(&parent.join("a/pids.max")), "16");
+    assert!(a.destroy().is_clean());
+    assert_eq!(empty_parents(&t.cg), vec![parent]);
 }

@@ -7,14 +7,15 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{OnceLock, RwLock, RwLockReadGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::cgroup::{Cgroup, Controller, Layout, Limits, Version, probe, sweep_stale};
 
 const MIB: u64 = 1 << 20;
 
-/// sweep_stale removes any empty sandbox cgroup, including one another test has just created:
-/// the sweep test holds this for writing, every other host test for reading.
+/// sweep_stale removes any empty sandbox cgroup old enough, including one another test has
+/// created (the sweep test backdates its own): it holds this for writing, every other host test
+/// for reading.
 static SWEEP: RwLock<()> = RwLock::new(());
 
 fn shared() -> RwLockReadGuard<'static, ()> {
@@ -111,12 +112,19 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
     }
 }
 
+/// Destroys `cg`, checking its directories are gone and the shared `stockade` parents stay.
 fn destroy_clean(cg: Cgroup) {
     let paths = cg.paths();
     let r = cg.destroy();
     assert!(r.is_clean(), "{r:?}");
     for p in paths {
         assert!(!p.exists(), "{} still exists after destroy", p.display());
+        let parent = p.parent().unwrap();
+        assert!(
+            parent.is_dir(),
+            "{} removed by destroy: the shared parent must stay",
+            parent.display()
+        );
     }
 }
 
@@ -395,9 +403,25 @@ fn host_sweep_removes_a_dead_supervisors_cgroups() {
     .unwrap();
     let paths = cg.paths();
     std::mem::forget(cg); // the supervisor "dies"
-    let removed = sweep_stale(&l);
+    // Fresh and empty, like a concurrent supervisor's cgroup not yet joined: spared.
+    let hour = Duration::from_secs(3600);
+    let removed = sweep_stale(&l, hour);
+    assert!(!removed.contains(&n), "{removed:?}");
+    assert!(paths.iter().all(|p| p.exists()), "fresh cgroup swept");
+    // An hour later (mtime set back on cgroupfs): swept. Other test processes' fresh cgroups are
+    // younger than an hour and stay out of reach.
+    for p in &paths {
+        let dir = std::fs::File::open(p).unwrap();
+        dir.set_modified(SystemTime::now() - 2 * hour)
+            .unwrap_or_else(|e| panic!("cannot set the mtime of {}: {e}", p.display()));
+    }
+    let removed = sweep_stale(&l, hour);
     assert!(removed.contains(&n), "{removed:?}");
-    assert!(paths.iter().all(|p| !p.exists()));
+    for p in &paths {
+        assert!(!p.exists(), "{} still exists after sweep", p.display());
+        let parent = p.parent().unwrap();
+        assert!(parent.is_dir(), "{} removed by sweep", parent.display());
+    }
 }
 
 const BUSY_1S: &str = "import time\nt = time.time()\nwhile time.time() - t < 1.0: pass";
