@@ -22,7 +22,9 @@ pub fn overlay_changes(upper: &Path, lower: &Path, limit: usize) -> io::Result<V
 }
 
 fn is_opaque(p: &Path) -> bool {
-    ["user.overlay.opaque", "trusted.overlay.opaque"].iter().any(|name| get_xattr(p, name).as_deref() == Some(b"y"))
+    ["user.overlay.opaque", "trusted.overlay.opaque"]
+        .iter()
+        .any(|name| get_xattr(p, name).as_deref() == Some(b"y"))
 }
 
 fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
@@ -32,16 +34,30 @@ fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
     // SAFETY: both strings are NUL-terminated and live for the call; the buffer pointer and its
     // length describe `buf`, which the kernel writes at most `len` bytes into.
     let r = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 { None } else { Some(buf[..r as usize].to_vec()) }
+    if r < 0 {
+        None
+    } else {
+        Some(buf[..r as usize].to_vec())
+    }
 }
 
 fn push(out: &mut Vec<Change>, rel: &Path, kind: ChangeKind, size: u64, limit: usize) {
     if out.len() < limit {
-        out.push(Change { path: rel.to_string_lossy().into_owned(), kind, size });
+        out.push(Change {
+            path: rel.to_string_lossy().into_owned(),
+            kind,
+            size,
+        });
     }
 }
 
-fn walk(upper: &Path, lower: &Path, rel: &Path, out: &mut Vec<Change>, limit: usize) -> io::Result<()> {
+fn walk(
+    upper: &Path,
+    lower: &Path,
+    rel: &Path,
+    out: &mut Vec<Change>,
+    limit: usize,
+) -> io::Result<()> {
     for entry in fs::read_dir(upper.join(rel))? {
         if out.len() >= limit {
             return Ok(());
@@ -90,7 +106,11 @@ fn walk(upper: &Path, lower: &Path, rel: &Path, out: &mut Vec<Change>, limit: us
             }
             continue;
         }
-        let kind = if in_lower.is_some() { ChangeKind::Modified } else { ChangeKind::Created };
+        let kind = if in_lower.is_some() {
+            ChangeKind::Modified
+        } else {
+            ChangeKind::Created
+        };
         push(out, &r, kind, meta.len(), limit);
     }
     Ok(())
@@ -104,7 +124,13 @@ fn created_tree(upper: &Path, rel: &Path, out: &mut Vec<Change>, limit: usize) -
         if meta.file_type().is_char_device() && meta.rdev() == 0 {
             continue;
         }
-        push(out, &r, ChangeKind::Created, if meta.is_dir() { 0 } else { meta.len() }, limit);
+        push(
+            out,
+            &r,
+            ChangeKind::Created,
+            if meta.is_dir() { 0 } else { meta.len() },
+            limit,
+        );
         if meta.is_dir() {
             created_tree(upper, &r, out, limit)?;
         }
@@ -140,9 +166,21 @@ mod tests {
         assert_eq!(
             c,
             vec![
-                Change { path: "a".into(), kind: ChangeKind::Modified, size: 2 },
-                Change { path: "d".into(), kind: ChangeKind::Created, size: 0 },
-                Change { path: "d/n".into(), kind: ChangeKind::Created, size: 3 },
+                Change {
+                    path: "a".into(),
+                    kind: ChangeKind::Modified,
+                    size: 2
+                },
+                Change {
+                    path: "d".into(),
+                    kind: ChangeKind::Created,
+                    size: 0
+                },
+                Change {
+                    path: "d/n".into(),
+                    kind: ChangeKind::Created,
+                    size: 3
+                },
             ]
         );
         assert_eq!(overlay_changes(up.path(), low.path(), 1).unwrap().len(), 1);

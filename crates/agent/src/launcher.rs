@@ -24,7 +24,10 @@ pub const ALLOW_WEAKER_ARG: &str = "--allow-weaker-isolation";
 
 fn single_threaded() -> bool {
     std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Threads:", "1"]))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Threads:", "1"])
+        })
         .unwrap_or(false)
 }
 
@@ -43,24 +46,44 @@ pub fn main(allow_weaker: bool) -> i32 {
     let liveness = unsafe { std::fs::File::from_raw_fd(LIVENESS_FD) };
     let mut buf = Vec::new();
     if let Err(e) = plan_pipe.read_to_end(&mut buf) {
-        let _ = write_frame(&mut ctrl, &AgentMsg::SetupFailed { message: format!("reading the plan: {e}") });
+        let _ = write_frame(
+            &mut ctrl,
+            &AgentMsg::SetupFailed {
+                message: format!("reading the plan: {e}"),
+            },
+        );
         return 125;
     }
     drop(plan_pipe);
     let plan: SandboxPlan = match serde_json::from_slice(&buf) {
         Ok(p) => p,
         Err(e) => {
-            let _ = write_frame(&mut ctrl, &AgentMsg::SetupFailed { message: format!("bad plan: {e}") });
+            let _ = write_frame(
+                &mut ctrl,
+                &AgentMsg::SetupFailed {
+                    message: format!("bad plan: {e}"),
+                },
+            );
             return 125;
         }
     };
     if !single_threaded() {
-        let _ = write_frame(&mut ctrl, &AgentMsg::SetupFailed { message: "launcher is not single-threaded".into() });
+        let _ = write_frame(
+            &mut ctrl,
+            &AgentMsg::SetupFailed {
+                message: "launcher is not single-threaded".into(),
+            },
+        );
         return 125;
     }
     match launch::clone_sandbox(&plan) {
         Err(e) => {
-            let _ = write_frame(&mut ctrl, &AgentMsg::SetupFailed { message: e.to_string() });
+            let _ = write_frame(
+                &mut ctrl,
+                &AgentMsg::SetupFailed {
+                    message: e.to_string(),
+                },
+            );
             125
         }
         Ok(Side::Sandbox(pre)) => {
@@ -78,8 +101,16 @@ pub fn main(allow_weaker: bool) -> i32 {
 fn guard(plan: &SandboxPlan, child: launch::Child, liveness: &std::fs::File) -> i32 {
     loop {
         let mut pfd = [
-            libc::pollfd { fd: child.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: liveness.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: child.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: liveness.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: `pfd` is a valid two-element pollfd array for the duration of the call.
         let n = unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) };

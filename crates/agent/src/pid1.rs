@@ -56,7 +56,12 @@ pub fn run(plan: &SandboxPlan, pre: PreOpened, mut ctrl: UnixStream, allow_weake
             setup_failed(&mut ctrl, format!("setting the {what} limit: {e}"));
         }
     }
-    let seccomp = match plan.seccomp.as_deref().map(SeccompProgram::from_bytes).transpose() {
+    let seccomp = match plan
+        .seccomp
+        .as_deref()
+        .map(SeccompProgram::from_bytes)
+        .transpose()
+    {
         Ok(p) => p,
         Err(e) => setup_failed(&mut ctrl, format!("loading the seccomp program: {e}")),
     };
@@ -65,14 +70,22 @@ pub fn run(plan: &SandboxPlan, pre: PreOpened, mut ctrl: UnixStream, allow_weake
         Err(e) => setup_failed(&mut ctrl, e.to_string()),
     };
     // The agent alone reads the overlay's layers (through descriptors, no path leads there).
-    let layer_paths: Option<(PathBuf, PathBuf)> = match (&built.overlay_upper, &built.overlay_lower) {
+    let layer_paths: Option<(PathBuf, PathBuf)> = match (&built.overlay_upper, &built.overlay_lower)
+    {
         (Some(u), Some(l)) => Some((fd_path(u), fd_path(l))),
         _ => None,
     };
-    if let (Some(u), Some(l), Some(rs)) = (&built.overlay_upper, &built.overlay_lower, ruleset.take_if(|_| layer_paths.is_some())) {
+    if let (Some(u), Some(l), Some(rs)) = (
+        &built.overlay_upper,
+        &built.overlay_lower,
+        ruleset.take_if(|_| layer_paths.is_some()),
+    ) {
         use landlock::{ABI, AccessFs, PathBeneath, RulesetCreatedAttr};
         let read = AccessFs::from_read(ABI::V6);
-        match rs.add_rule(PathBeneath::new(u, read)).and_then(|rs| rs.add_rule(PathBeneath::new(l, read))) {
+        match rs
+            .add_rule(PathBeneath::new(u, read))
+            .and_then(|rs| rs.add_rule(PathBeneath::new(l, read)))
+        {
             Ok(rs) => ruleset = Some(rs),
             Err(e) => setup_failed(&mut ctrl, format!("landlock: {e}")),
         }
@@ -80,7 +93,12 @@ pub fn run(plan: &SandboxPlan, pre: PreOpened, mut ctrl: UnixStream, allow_weake
     if let Err(e) = confine::drop_privileges(plan.uid, plan.gid, plan.idmap_host_uid.is_some()) {
         setup_failed(&mut ctrl, e.to_string());
     }
-    let enforced = match confine::restrict(ruleset, plan.landlock.required, allow_weaker, seccomp.as_ref()) {
+    let enforced = match confine::restrict(
+        ruleset,
+        plan.landlock.required,
+        allow_weaker,
+        seccomp.as_ref(),
+    ) {
         Ok(e) => e,
         Err(e) => setup_failed(&mut ctrl, e.to_string()),
     };
@@ -108,7 +126,14 @@ pub fn run(plan: &SandboxPlan, pre: PreOpened, mut ctrl: UnixStream, allow_weake
         },
         None => (None, None),
     };
-    let _ = write_frame(&mut ctrl, &AgentMsg::Exited { termination, changes, changes_error });
+    let _ = write_frame(
+        &mut ctrl,
+        &AgentMsg::Exited {
+            termination,
+            changes,
+            changes_error,
+        },
+    );
     exit(0)
 }
 
@@ -140,9 +165,14 @@ fn resolve(name: &str, path_var: &str) -> Result<PathBuf, (i32, String)> {
     let check = |p: &Path| -> Result<PathBuf, (i32, String)> {
         match std::fs::metadata(p) {
             Ok(m) if m.is_dir() => Err((126, format!("{}: is a directory", p.display()))),
-            Ok(m) if m.permissions().mode() & 0o111 == 0 => Err((126, format!("{}: permission denied", p.display()))),
+            Ok(m) if m.permissions().mode() & 0o111 == 0 => {
+                Err((126, format!("{}: permission denied", p.display())))
+            }
             Ok(_) => Ok(p.to_path_buf()),
-            Err(_) => Err((127, format!("{}: not found inside the sandbox", p.display()))),
+            Err(_) => Err((
+                127,
+                format!("{}: not found inside the sandbox", p.display()),
+            )),
         }
     };
     if name.contains('/') {
@@ -161,18 +191,37 @@ fn resolve(name: &str, path_var: &str) -> Result<PathBuf, (i32, String)> {
 }
 
 fn cstring(s: &[u8]) -> Result<CString, (i32, String)> {
-    CString::new(s).map_err(|_| (126, "argument or environment contains a NUL byte".to_string()))
+    CString::new(s).map_err(|_| {
+        (
+            126,
+            "argument or environment contains a NUL byte".to_string(),
+        )
+    })
 }
 
 /// Forks and execs the command in its own session. Reports exec failures through a CLOEXEC pipe.
 fn spawn(plan: &SandboxPlan) -> Result<i32, (i32, String)> {
-    let argv0 = plan.argv.first().ok_or((125, "no command given".to_string()))?;
-    let path_var = plan.env.iter().find(|(k, _)| k == "PATH").map_or("/usr/bin:/bin", |(_, v)| v.as_str());
+    let argv0 = plan
+        .argv
+        .first()
+        .ok_or((125, "no command given".to_string()))?;
+    let path_var = plan
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or("/usr/bin:/bin", |(_, v)| v.as_str());
     let exe = resolve(argv0, path_var)?;
     let exe_c = cstring(exe.as_os_str().as_bytes())?;
-    let argv: Vec<CString> = plan.argv.iter().map(|a| cstring(a.as_bytes())).collect::<Result<_, _>>()?;
-    let envp: Vec<CString> =
-        plan.env.iter().map(|(k, v)| cstring(format!("{k}={v}").as_bytes())).collect::<Result<_, _>>()?;
+    let argv: Vec<CString> = plan
+        .argv
+        .iter()
+        .map(|a| cstring(a.as_bytes()))
+        .collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = plan
+        .env
+        .iter()
+        .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
+        .collect::<Result<_, _>>()?;
     let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_p.push(std::ptr::null());
     let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
@@ -198,7 +247,10 @@ fn spawn(plan: &SandboxPlan) -> Result<i32, (i32, String)> {
             libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
             libc::setsid();
             let adj = b"500";
-            let f = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            let f = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
             if f >= 0 {
                 libc::write(f, adj.as_ptr().cast(), adj.len());
                 libc::close(f);
@@ -219,7 +271,10 @@ fn spawn(plan: &SandboxPlan) -> Result<i32, (i32, String)> {
             let e = i32::from_ne_bytes(buf);
             let _ = sys::waitpid(pid, 0);
             let code = if e == libc::ENOENT { 127 } else { 126 };
-            Err((code, format!("{}: {}", exe.display(), io::Error::from_raw_os_error(e))))
+            Err((
+                code,
+                format!("{}: {}", exe.display(), io::Error::from_raw_os_error(e)),
+            ))
         }
         _ => Ok(pid),
     }
@@ -232,8 +287,16 @@ fn wait_main(pid: i32, sfd: &OwnedFd, ctrl: &mut UnixStream) -> Termination {
             return t;
         }
         let mut pfd = [
-            libc::pollfd { fd: sfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: ctrl.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: sfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: ctrl.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: `pfd` is a valid array of two pollfd structs for the duration of the call.
         let n = unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) };
@@ -243,7 +306,8 @@ fn wait_main(pid: i32, sfd: &OwnedFd, ctrl: &mut UnixStream) -> Termination {
         if pfd[0].revents != 0 {
             let mut info = [0u8; 128];
             // SAFETY: draining the signalfd into a stack buffer of the documented record size.
-            while unsafe { libc::read(sfd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) } > 0 {}
+            while unsafe { libc::read(sfd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) } > 0 {
+            }
         }
         if pfd[1].revents != 0 {
             match read_frame::<SupervisorMsg>(ctrl) {

@@ -57,7 +57,11 @@ pub enum AgentMsg {
     /// The command could not be executed: 127 not found, 126 not executable.
     ExecFailed { code: i32, message: String },
     /// The command ended; every other process of the sandbox has been killed.
-    Exited { termination: Termination, changes: Option<Vec<Change>>, changes_error: Option<String> },
+    Exited {
+        termination: Termination,
+        changes: Option<Vec<Change>>,
+        changes_error: Option<String>,
+    },
 }
 
 /// Supervisor → agent.
@@ -72,7 +76,10 @@ pub enum SupervisorMsg {
 pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
     let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
     if body.len() > MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too large"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "frame too large",
+        ));
     }
     let mut buf = Vec::with_capacity(4 + body.len());
     buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -87,7 +94,12 @@ pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> io::Result
     while got < 4 {
         match r.read(&mut len[got..]) {
             Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated frame header")),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "truncated frame header",
+                ));
+            }
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -95,11 +107,16 @@ pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> io::Result
     }
     let n = u32::from_be_bytes(len) as usize;
     if n > MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {n} bytes exceeds the limit")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {n} bytes exceeds the limit"),
+        ));
     }
     let mut body = vec![0u8; n];
     r.read_exact(&mut body)?;
-    serde_json::from_slice(&body).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 #[cfg(test)]
@@ -113,16 +130,35 @@ mod tests {
         let back: SupervisorMsg = read_frame(&mut buf.as_slice()).unwrap().unwrap();
         assert_eq!(back, SupervisorMsg::Stop);
         // Empty stream: clean end.
-        assert!(read_frame::<SupervisorMsg>(&mut [].as_slice()).unwrap().is_none());
+        assert!(
+            read_frame::<SupervisorMsg>(&mut [].as_slice())
+                .unwrap()
+                .is_none()
+        );
         // Oversized length is refused without allocating.
         let huge = (MAX_FRAME as u32 + 1).to_be_bytes();
         let e = read_frame::<SupervisorMsg>(&mut huge.as_slice()).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         // Truncated header and body.
-        assert_eq!(read_frame::<SupervisorMsg>(&mut [0u8, 0].as_slice()).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
-        assert_eq!(read_frame::<SupervisorMsg>(&mut [0u8, 0, 0, 9, b'{'].as_slice()).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(
+            read_frame::<SupervisorMsg>(&mut [0u8, 0].as_slice())
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+        assert_eq!(
+            read_frame::<SupervisorMsg>(&mut [0u8, 0, 0, 9, b'{'].as_slice())
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::UnexpectedEof
+        );
         // Garbage JSON.
-        assert_eq!(read_frame::<SupervisorMsg>(&mut [0u8, 0, 0, 1, b'x'].as_slice()).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            read_frame::<SupervisorMsg>(&mut [0u8, 0, 0, 1, b'x'].as_slice())
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::InvalidData
+        );
     }
 
     #[test]

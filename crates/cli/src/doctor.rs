@@ -28,18 +28,25 @@ struct Report {
 }
 
 fn read(p: &str) -> Option<String> {
-    std::fs::read_to_string(p).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// Creates a user namespace in a child (the way the launcher will), returning the OS error if refused.
 fn try_userns() -> Result<(), String> {
     let mut cmd = Command::new("/bin/true");
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     // SAFETY: pre_exec runs in the forked child before exec and only calls unshare(2), which is
     // async-signal-safe and takes an integer.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET) < 0 {
+            if libc::unshare(
+                libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET,
+            ) < 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -63,12 +70,24 @@ fn userns_check() -> Check {
     if let Some(v) = read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") {
         notes.push(format!(
             "apparmor_restrict_unprivileged_userns={v}{}",
-            if v == "1" { " (Ubuntu's AppArmor rule: unprivileged users need a profile allowing userns)" } else { "" }
+            if v == "1" {
+                " (Ubuntu's AppArmor rule: unprivileged users need a profile allowing userns)"
+            } else {
+                ""
+            }
         ));
     }
     match try_userns() {
-        Ok(()) => Check { name: "user namespaces", ok: true, detail: format!("created one; {}", notes.join(", ")) },
-        Err(e) => Check { name: "user namespaces", ok: false, detail: format!("refused: {e}; {}", notes.join(", ")) },
+        Ok(()) => Check {
+            name: "user namespaces",
+            ok: true,
+            detail: format!("created one; {}", notes.join(", ")),
+        },
+        Err(e) => Check {
+            name: "user namespaces",
+            ok: false,
+            detail: format!("refused: {e}; {}", notes.join(", ")),
+        },
     }
 }
 
@@ -78,9 +97,21 @@ fn seccomp_check() -> Check {
     let actions = read("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
     let compiled = stockade_jail::seccomp::SeccompProgram::compile_default();
     match (has, compiled) {
-        (true, Ok(p)) => Check { name: "seccomp", ok: true, detail: format!("{}; kernel actions: {actions}", p.describe()) },
-        (false, _) => Check { name: "seccomp", ok: false, detail: "kernel has no seccomp filter support".into() },
-        (_, Err(e)) => Check { name: "seccomp", ok: false, detail: e.to_string() },
+        (true, Ok(p)) => Check {
+            name: "seccomp",
+            ok: true,
+            detail: format!("{}; kernel actions: {actions}", p.describe()),
+        },
+        (false, _) => Check {
+            name: "seccomp",
+            ok: false,
+            detail: "kernel has no seccomp filter support".into(),
+        },
+        (_, Err(e)) => Check {
+            name: "seccomp",
+            ok: false,
+            detail: e.to_string(),
+        },
     }
 }
 
@@ -90,7 +121,9 @@ fn landlock_check() -> Check {
         name: "landlock",
         ok: abi > 0,
         detail: if abi > 0 {
-            format!("ABI {abi} (stockade asks for up to 6; scoping of signals and abstract sockets needs 6)")
+            format!(
+                "ABI {abi} (stockade asks for up to 6; scoping of signals and abstract sockets needs 6)"
+            )
         } else {
             "not available (kernel without CONFIG_SECURITY_LANDLOCK or not in lsm=)".into()
         },
@@ -99,10 +132,21 @@ fn landlock_check() -> Check {
 
 fn cgroup_checks() -> (Vec<Check>, bool) {
     match Layout::discover() {
-        Err(e) => (vec![Check { name: "cgroups", ok: false, detail: e.to_string() }], false),
+        Err(e) => (
+            vec![Check {
+                name: "cgroups",
+                ok: false,
+                detail: e.to_string(),
+            }],
+            false,
+        ),
         Ok(layout) => {
             let mut all = true;
-            let mut out = vec![Check { name: "cgroups", ok: true, detail: layout.summary() }];
+            let mut out = vec![Check {
+                name: "cgroups",
+                ok: true,
+                detail: layout.summary(),
+            }];
             for r in cgroup::probe(&layout) {
                 all &= r.writable;
                 out.push(Check {
@@ -114,9 +158,14 @@ fn cgroup_checks() -> (Vec<Check>, bool) {
                     ok: r.writable,
                     detail: format!(
                         "{} at {}{}",
-                        r.version.map_or("absent".to_string(), |v| format!("{v:?}").to_lowercase()),
-                        r.path.as_ref().map_or("-".to_string(), |p| p.display().to_string()),
-                        r.reason.as_ref().map_or(String::new(), |w| format!(": {w}"))
+                        r.version
+                            .map_or("absent".to_string(), |v| format!("{v:?}").to_lowercase()),
+                        r.path
+                            .as_ref()
+                            .map_or("-".to_string(), |p| p.display().to_string()),
+                        r.reason
+                            .as_ref()
+                            .map_or(String::new(), |w| format!(": {w}"))
                     ),
                 });
             }
@@ -130,10 +179,19 @@ fn fs_type_and_opts(path: &Path) -> Option<(String, String)> {
     let mut best: Option<(usize, String, String)> = None;
     for line in mountinfo.lines() {
         let f: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = f.iter().position(|x| *x == "-") else { continue };
-        let (Some(mp), Some(fstype), Some(sopts)) = (f.get(4), f.get(sep + 1), f.get(sep + 3)) else { continue };
+        let Some(sep) = f.iter().position(|x| *x == "-") else {
+            continue;
+        };
+        let (Some(mp), Some(fstype), Some(sopts)) = (f.get(4), f.get(sep + 1), f.get(sep + 3))
+        else {
+            continue;
+        };
         if path.starts_with(mp) && best.as_ref().is_none_or(|b| mp.len() >= b.0) {
-            best = Some((mp.len(), fstype.to_string(), format!("{},{}", f.get(5).unwrap_or(&""), sopts)));
+            best = Some((
+                mp.len(),
+                fstype.to_string(),
+                format!("{},{}", f.get(5).unwrap_or(&""), sopts),
+            ));
         }
     }
     best.map(|(_, t, o)| (t, o))
@@ -142,11 +200,17 @@ fn fs_type_and_opts(path: &Path) -> Option<(String, String)> {
 fn misc_checks() -> Vec<Check> {
     let mut out = Vec::new();
     let filesystems = read("/proc/filesystems").unwrap_or_default();
-    let overlay = filesystems.lines().any(|l| l.trim_end().ends_with("overlay"));
+    let overlay = filesystems
+        .lines()
+        .any(|l| l.trim_end().ends_with("overlay"));
     out.push(Check {
         name: "overlayfs",
         ok: overlay,
-        detail: if overlay { "available (workspace-mode overlay)".into() } else { "not in /proc/filesystems".into() },
+        detail: if overlay {
+            "available (workspace-mode overlay)".into()
+        } else {
+            "not in /proc/filesystems".into()
+        },
     });
     let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
     let (fstype, opts) = fs_type_and_opts(&cwd).unwrap_or_default();
@@ -164,28 +228,44 @@ fn misc_checks() -> Vec<Check> {
             )
         },
     });
-    let config = Command::new("zcat").arg("/proc/config.gz").stderr(Stdio::null()).output().ok();
+    let config = Command::new("zcat")
+        .arg("/proc/config.gz")
+        .stderr(Stdio::null())
+        .output()
+        .ok();
     let nft = Path::new("/sys/module/nf_tables").exists()
         || config.is_some_and(|o| {
-            String::from_utf8_lossy(&o.stdout).lines().any(|l| l == "CONFIG_NF_TABLES=y" || l == "CONFIG_NF_TABLES=m")
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l == "CONFIG_NF_TABLES=y" || l == "CONFIG_NF_TABLES=m")
         });
     out.push(Check {
         name: "nftables",
         ok: nft,
-        detail: if nft { "nf_tables present".into() } else { "nf_tables not seen (not needed: loopback-only network)".into() },
+        detail: if nft {
+            "nf_tables present".into()
+        } else {
+            "nf_tables not seen (not needed: loopback-only network)".into()
+        },
     });
     let runsc = which("runsc");
     out.push(Check {
         name: "runsc",
         ok: runsc.is_some(),
-        detail: runsc.map_or("not installed (apt-get install runsc)".into(), |p| p.display().to_string()),
+        detail: runsc.map_or("not installed (apt-get install runsc)".into(), |p| {
+            p.display().to_string()
+        }),
     });
     out.push(kvm_check());
     let vsock = Path::new("/dev/vhost-vsock").exists();
     out.push(Check {
         name: "vhost-vsock",
         ok: vsock,
-        detail: if vsock { "/dev/vhost-vsock present".into() } else { "absent (a microVM would use virtio-serial)".into() },
+        detail: if vsock {
+            "/dev/vhost-vsock present".into()
+        } else {
+            "absent (a microVM would use virtio-serial)".into()
+        },
     });
     // SAFETY: geteuid takes no arguments and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
@@ -211,13 +291,25 @@ fn misc_checks() -> Vec<Check> {
 }
 
 fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
 }
 
 fn kvm_check() -> Check {
     use std::os::fd::AsRawFd;
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
-        Err(e) => Check { name: "kvm", ok: false, detail: format!("/dev/kvm: {e}") },
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Err(e) => Check {
+            name: "kvm",
+            ok: false,
+            detail: format!("/dev/kvm: {e}"),
+        },
         Ok(f) => {
             const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
             // SAFETY: KVM_GET_API_VERSION takes no argument; `f` is an open /dev/kvm descriptor.
@@ -242,7 +334,12 @@ pub fn run(json: bool) -> ExitCode {
     let userns = ok("user namespaces");
     let container_ok = userns && ok("seccomp") && ok("landlock") && cg_ok;
     let mut missing = Vec::new();
-    for (n, present) in [("user namespaces", userns), ("seccomp", ok("seccomp")), ("landlock", ok("landlock")), ("writable cgroups", cg_ok)] {
+    for (n, present) in [
+        ("user namespaces", userns),
+        ("seccomp", ok("seccomp")),
+        ("landlock", ok("landlock")),
+        ("writable cgroups", cg_ok),
+    ] {
         if !present {
             missing.push(n);
         }
@@ -254,7 +351,10 @@ pub fn run(json: bool) -> ExitCode {
             reason: if container_ok {
                 "namespaces, seccomp, Landlock and cgroup limits all available".into()
             } else if userns {
-                format!("missing: {} (runs only with --allow-weaker-isolation)", missing.join(", "))
+                format!(
+                    "missing: {} (runs only with --allow-weaker-isolation)",
+                    missing.join(", ")
+                )
             } else {
                 "user namespaces are refused on this host".into()
             },
@@ -264,10 +364,18 @@ pub fn run(json: bool) -> ExitCode {
             available: false,
             reason: format!(
                 "not implemented in this version{}",
-                if ok("runsc") { " (runsc is installed)" } else { "; runsc not installed" }
+                if ok("runsc") {
+                    " (runsc is installed)"
+                } else {
+                    "; runsc not installed"
+                }
             ),
         },
-        LevelReport { level: "microvm", available: false, reason: "not implemented in this version".into() },
+        LevelReport {
+            level: "microvm",
+            available: false,
+            reason: "not implemented in this version".into(),
+        },
     ];
     let report = Report { checks, levels };
     if json {
@@ -280,11 +388,25 @@ pub fn run(json: bool) -> ExitCode {
         }
     } else {
         for c in &report.checks {
-            println!("{:<4} {:<16} {}", if c.ok { "ok" } else { "no" }, c.name, c.detail);
+            println!(
+                "{:<4} {:<16} {}",
+                if c.ok { "ok" } else { "no" },
+                c.name,
+                c.detail
+            );
         }
         println!();
         for l in &report.levels {
-            println!("level {:<10} {:<13} {}", l.level, if l.available { "available" } else { "unavailable" }, l.reason);
+            println!(
+                "level {:<10} {:<13} {}",
+                l.level,
+                if l.available {
+                    "available"
+                } else {
+                    "unavailable"
+                },
+                l.reason
+            );
         }
     }
     ExitCode::SUCCESS

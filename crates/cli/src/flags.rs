@@ -84,7 +84,9 @@ pub struct OverrideArgs {
 }
 
 fn size(flag: &str, v: &Option<String>) -> Result<Option<ByteSize>, String> {
-    v.as_deref().map(|s| s.parse::<ByteSize>().map_err(|e| format!("{flag}: {e}"))).transpose()
+    v.as_deref()
+        .map(|s| s.parse::<ByteSize>().map_err(|e| format!("{flag}: {e}")))
+        .transpose()
 }
 
 fn parse_mount(s: &str) -> Result<Mount, String> {
@@ -101,8 +103,16 @@ fn parse_mount(s: &str) -> Result<Mount, String> {
         _ => MountMode::Ro,
     };
     match parts.as_slice() {
-        [host] => Ok(Mount { host: PathBuf::from(host), path: None, mode }),
-        [host, path] => Ok(Mount { host: PathBuf::from(host), path: Some(PathBuf::from(path)), mode }),
+        [host] => Ok(Mount {
+            host: PathBuf::from(host),
+            path: None,
+            mode,
+        }),
+        [host, path] => Ok(Mount {
+            host: PathBuf::from(host),
+            path: Some(PathBuf::from(path)),
+            mode,
+        }),
         _ => Err(format!("--mount: {s:?} is not HOST[:PATH][:ro|rw]")),
     }
 }
@@ -111,7 +121,9 @@ impl OverrideArgs {
     pub fn to_overrides(&self) -> Result<Overrides, String> {
         let mut env = Vec::new();
         for kv in &self.env {
-            let (k, v) = kv.split_once('=').ok_or_else(|| format!("--env: {kv:?} is not K=V"))?;
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("--env: {kv:?} is not K=V"))?;
             env.push((k.to_string(), v.to_string()));
         }
         let on = |v: &Option<String>| v.as_deref().map(|s| s == "on");
@@ -131,12 +143,20 @@ impl OverrideArgs {
             swap: size("--swap", &self.swap)?,
             cpus: self.cpus,
             pids: self.pids,
-            timeout: self.timeout.as_deref().map(|t| parse_duration(t).map_err(|e| format!("--timeout: {e}"))).transpose()?,
+            timeout: self
+                .timeout
+                .as_deref()
+                .map(|t| parse_duration(t).map_err(|e| format!("--timeout: {e}")))
+                .transpose()?,
             disk: size("--disk", &self.disk)?,
             max_output: size("--max-output", &self.max_output)?,
             uid: self.uid,
             gid: self.gid,
-            mounts: self.mounts.iter().map(|m| parse_mount(m)).collect::<Result<_, _>>()?,
+            mounts: self
+                .mounts
+                .iter()
+                .map(|m| parse_mount(m))
+                .collect::<Result<_, _>>()?,
             allow_weaker_isolation: self.allow_weaker_isolation.then_some(true),
             seccomp: on(&self.seccomp),
             landlock: on(&self.landlock),
@@ -146,7 +166,8 @@ impl OverrideArgs {
 
 /// The "Defaults" section of `stockade run --help`, from the policy crate so they never drift.
 pub fn defaults_help() -> String {
-    let mut s = String::from("Defaults (each a key of the policy file; flags override the file):\n");
+    let mut s =
+        String::from("Defaults (each a key of the policy file; flags override the file):\n");
     for (key, default, meaning) in stockade_policy::describe_defaults() {
         s.push_str(&format!("  {key:<34} {default:<24} {meaning}\n"));
     }

@@ -71,6 +71,14 @@ fn load_policy(file: Option<&PathBuf>) -> Result<Policy, String> {
 fn main() -> ExitCode {
     // Before any thread exists, so only the signal thread of a run sees termination signals.
     stockade_runtime::relay::block_termination_signals();
+    // The launcher is on every sandbox's start-up path: skip building the whole CLI for it.
+    let mut raw = std::env::args_os().skip(1);
+    if raw.next().is_some_and(|a| a == "__launch") {
+        let allow_weaker = raw
+            .next()
+            .is_some_and(|a| a == stockade_agent::launcher::ALLOW_WEAKER_ARG);
+        return ExitCode::from(stockade_agent::launcher::main(allow_weaker) as u8);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -80,7 +88,9 @@ fn main() -> ExitCode {
         }
     };
     match cli.cmd {
-        Cmd::Launch { allow_weaker } => ExitCode::from(stockade_agent::launcher::main(allow_weaker) as u8),
+        Cmd::Launch { allow_weaker } => {
+            ExitCode::from(stockade_agent::launcher::main(allow_weaker) as u8)
+        }
         Cmd::Run(args) => run(args),
         Cmd::Policy(PolicyCmd::Check { file }) => match load_policy(Some(&file)) {
             Ok(_) => {
@@ -125,8 +135,20 @@ fn run(args: flags::RunArgs) -> ExitCode {
     }
     // A relative workspace in a policy file is relative to the file; on the command line, to the cwd.
     let base_dir = match (&args.policy, &args.overrides.workspace) {
-        (Some(f), None) if policy.workspace.path.as_ref().is_some_and(|p| p.is_relative()) => {
-            f.parent().map(|d| if d.as_os_str().is_empty() { PathBuf::from(".") } else { d.to_path_buf() })
+        (Some(f), None)
+            if policy
+                .workspace
+                .path
+                .as_ref()
+                .is_some_and(|p| p.is_relative()) =>
+        {
+            f.parent().map(|d| {
+                if d.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    d.to_path_buf()
+                }
+            })
         }
         _ => None,
     };
@@ -145,7 +167,14 @@ fn run(args: flags::RunArgs) -> ExitCode {
             let _ = writeln!(
                 err,
                 "stockade: sandbox {} enforced: uid {} gid {}, landlock {} (kernel ABI {}), seccomp {}, no_new_privs {}, capabilities dropped {}",
-                report.id, e.uid, e.gid, e.landlock, e.landlock_kernel_abi, e.seccomp, e.no_new_privs, e.capabilities_dropped
+                report.id,
+                e.uid,
+                e.gid,
+                e.landlock,
+                e.landlock_kernel_abi,
+                e.seccomp,
+                e.no_new_privs,
+                e.capabilities_dropped
             );
         }
     }
@@ -155,7 +184,10 @@ fn run(args: flags::RunArgs) -> ExitCode {
     if let Some(changes) = &report.changes {
         let _ = writeln!(err, "stockade: overlay changes ({}):", changes.len());
         for c in changes {
-            let kind = serde_json::to_value(c.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            let kind = serde_json::to_value(c.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
             let _ = writeln!(err, "  {kind:<8} {} ({} bytes)", c.path, c.size);
         }
         if let Some(path) = &args.changes_json {
@@ -166,7 +198,10 @@ fn run(args: flags::RunArgs) -> ExitCode {
             }
         }
     } else if args.changes_json.is_some() {
-        let _ = writeln!(err, "stockade: --changes-json needs --workspace-mode overlay; nothing written");
+        let _ = writeln!(
+            err,
+            "stockade: --changes-json needs --workspace-mode overlay; nothing written"
+        );
     }
     if !report.leftovers.is_empty() {
         return ExitCode::from(EXIT_STOCKADE);

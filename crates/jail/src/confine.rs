@@ -11,8 +11,8 @@ use crate::plan::LandlockPlan;
 use crate::seccomp::SeccompProgram;
 use crate::sys;
 use landlock::{
-    ABI, Access, AccessFs, CompatLevel, Compatible, LandlockStatus, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope,
+    ABI, Access, AccessFs, CompatLevel, Compatible, LandlockStatus, PathBeneath, PathFd, Ruleset,
+    RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope,
 };
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -24,7 +24,10 @@ const WANT: ABI = ABI::V6;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfineError {
     #[error("{step}: {source}")]
-    Os { step: &'static str, source: io::Error },
+    Os {
+        step: &'static str,
+        source: io::Error,
+    },
     #[error("landlock: {0}")]
     Landlock(String),
     #[error(
@@ -60,7 +63,12 @@ pub fn landlock_abi() -> i32 {
     // SAFETY: with a NULL attribute pointer, size 0 and the VERSION flag, the kernel only returns
     // the ABI number; no memory is read or written and no descriptor is created.
     let r = unsafe {
-        libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, LANDLOCK_CREATE_RULESET_VERSION)
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
     };
     if r < 0 { 0 } else { r as i32 }
 }
@@ -97,7 +105,9 @@ pub fn prepare_landlock(plan: &LandlockPlan) -> Result<Option<RulesetCreated>, C
                 Err(_) if !Path::new(p).exists() => continue,
                 Err(e) => return Err(ll(&e)),
             };
-            rs = rs.add_rule(PathBeneath::new(fd, access)).map_err(|e| ll(&e))?;
+            rs = rs
+                .add_rule(PathBeneath::new(fd, access))
+                .map_err(|e| ll(&e))?;
         }
     }
     Ok(Some(rs))
@@ -124,9 +134,15 @@ pub fn restrict(
     allow_weaker: bool,
     seccomp: Option<&SeccompProgram>,
 ) -> Result<Enforced, ConfineError> {
-    let mut out = Enforced { landlock_kernel_abi: landlock_abi(), landlock: "none".into(), ..Enforced::default() };
+    let mut out = Enforced {
+        landlock_kernel_abi: landlock_abi(),
+        landlock: "none".into(),
+        ..Enforced::default()
+    };
     if let Some(rs) = ruleset {
-        let status = rs.restrict_self().map_err(|e| ConfineError::Landlock(e.to_string()))?;
+        let status = rs
+            .restrict_self()
+            .map_err(|e| ConfineError::Landlock(e.to_string()))?;
         out.landlock = match status.ruleset {
             RulesetStatus::FullyEnforced => "full",
             RulesetStatus::PartiallyEnforced => "partial",
@@ -143,7 +159,8 @@ pub fn restrict(
         }
     }
     if let Some(p) = seccomp {
-        p.apply().map_err(|e| ConfineError::Seccomp(e.to_string()))?;
+        p.apply()
+            .map_err(|e| ConfineError::Seccomp(e.to_string()))?;
         out.seccomp = p.describe();
     } else {
         out.seccomp = "off".into();

@@ -58,7 +58,9 @@ pub enum Side {
 }
 
 fn map_text(maps: &[IdMap]) -> String {
-    maps.iter().map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count)).collect()
+    maps.iter()
+        .map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count))
+        .collect()
 }
 
 fn is_root() -> bool {
@@ -116,7 +118,8 @@ pub fn clone_sandbox(plan: &SandboxPlan) -> Result<Side, LaunchError> {
 
 fn configure_child(plan: &SandboxPlan, pid: libc::pid_t, root: bool) -> Result<(), LaunchError> {
     for procs in &plan.cgroup_procs {
-        fs::write(procs, pid.to_string()).map_err(le(format!("joining cgroup {}", procs.display())))?;
+        fs::write(procs, pid.to_string())
+            .map_err(le(format!("joining cgroup {}", procs.display())))?;
     }
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     if !root {
@@ -143,7 +146,8 @@ fn idmap_userns(host_uid: u32) -> Result<OwnedFd, LaunchError> {
     let (r, w) = pipe()?;
     // SAFETY: single-threaded launcher (see clone_sandbox); the child only blocks on a read and
     // exits, using raw syscalls.
-    let pid = unsafe { sys::clone_fork(libc::CLONE_NEWUSER as libc::c_ulong) }.map_err(le("creating idmap namespace"))?;
+    let pid = unsafe { sys::clone_fork(libc::CLONE_NEWUSER as libc::c_ulong) }
+        .map_err(le("creating idmap namespace"))?;
     if pid == 0 {
         let mut b = [0u8; 1];
         // SAFETY: our copy of the write end is closed first so the read sees EOF when the parent
@@ -157,10 +161,14 @@ fn idmap_userns(host_uid: u32) -> Result<OwnedFd, LaunchError> {
     drop(r);
     let result = (|| {
         let dir = PathBuf::from(format!("/proc/{pid}"));
-        fs::write(dir.join("uid_map"), format!("0 {host_uid} 1\n")).map_err(le("writing idmap uid_map"))?;
+        fs::write(dir.join("uid_map"), format!("0 {host_uid} 1\n"))
+            .map_err(le("writing idmap uid_map"))?;
         fs::write(dir.join("setgroups"), "deny").map_err(le("writing idmap setgroups"))?;
-        fs::write(dir.join("gid_map"), format!("0 {host_uid} 1\n")).map_err(le("writing idmap gid_map"))?;
-        fs::File::open(dir.join("ns/user")).map(OwnedFd::from).map_err(le("opening idmap namespace"))
+        fs::write(dir.join("gid_map"), format!("0 {host_uid} 1\n"))
+            .map_err(le("writing idmap gid_map"))?;
+        fs::File::open(dir.join("ns/user"))
+            .map(OwnedFd::from)
+            .map_err(le("opening idmap namespace"))
     })();
     drop(w);
     let _ = sys::waitpid(pid, 0);
@@ -170,7 +178,9 @@ fn idmap_userns(host_uid: u32) -> Result<OwnedFd, LaunchError> {
 /// Detached, idmapped trees of the workspace and writable binds (root launcher only).
 fn prepare_idmapped(plan: &SandboxPlan) -> Result<crate::rootfs::PreOpened, LaunchError> {
     let mut pre = crate::rootfs::PreOpened::default();
-    let Some(host_uid) = plan.idmap_host_uid else { return Ok(pre) };
+    let Some(host_uid) = plan.idmap_host_uid else {
+        return Ok(pre);
+    };
     let wants_ws = plan.workspace.idmap;
     let binds: Vec<&crate::plan::Bind> = plan
         .root_ops
@@ -212,7 +222,10 @@ pub fn reap_cgroups(dirs: &[PathBuf]) -> Vec<String> {
         let mut any = false;
         for d in dirs {
             if let Ok(s) = fs::read_to_string(d.join("cgroup.procs")) {
-                for pid in s.lines().filter_map(|l| l.trim().parse::<libc::pid_t>().ok()) {
+                for pid in s
+                    .lines()
+                    .filter_map(|l| l.trim().parse::<libc::pid_t>().ok())
+                {
                     any = true;
                     // SAFETY: kill takes integers; a pid listed in the sandbox's own cgroup.
                     unsafe { libc::kill(pid, libc::SIGKILL) };

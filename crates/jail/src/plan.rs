@@ -33,12 +33,25 @@ pub struct Bind {
 /// A step that builds the new root, in order. Targets are absolute paths inside the sandbox.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RootOp {
-    Dir { path: PathBuf, mode: u32 },
-    Symlink { path: PathBuf, target: PathBuf },
+    Dir {
+        path: PathBuf,
+        mode: u32,
+    },
+    Symlink {
+        path: PathBuf,
+        target: PathBuf,
+    },
     /// A file with the given contents (generated, e.g. /etc/passwd).
-    File { path: PathBuf, contents: String, mode: u32 },
+    File {
+        path: PathBuf,
+        contents: String,
+        mode: u32,
+    },
     /// A copy of a small host file, read during setup (missing sources are skipped).
-    CopyFile { source: PathBuf, path: PathBuf },
+    CopyFile {
+        source: PathBuf,
+        path: PathBuf,
+    },
     Bind(Bind),
 }
 

@@ -44,7 +44,11 @@ pub struct SetupError {
 }
 
 fn err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SetupError + 'a {
-    move |source| SetupError { what, path: path.display().to_string(), source }
+    move |source| SetupError {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Descriptors opened by the privileged launcher before the sandbox's user namespace existed.
@@ -74,14 +78,24 @@ pub fn inside(root: &Path, p: &Path) -> PathBuf {
 }
 
 fn mkdir_p(p: &Path, mode: u32) -> Result<(), SetupError> {
-    fs::DirBuilder::new().recursive(true).mode(mode).create(p).map_err(err("creating directory", p))
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(p)
+        .map_err(err("creating directory", p))
 }
 
 fn touch(p: &Path) -> Result<(), SetupError> {
     if let Some(parent) = p.parent() {
         mkdir_p(parent, 0o755)?;
     }
-    fs::OpenOptions::new().create(true).truncate(false).write(true).open(p).map(drop).map_err(err("creating file", p))
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(p)
+        .map(drop)
+        .map_err(err("creating file", p))
 }
 
 fn write_file(p: &Path, contents: &[u8], mode: u32) -> Result<(), SetupError> {
@@ -98,8 +112,14 @@ fn tmpfs(target: &Path, opts: &str, flags: libc::c_ulong) -> Result<(), SetupErr
         path: target.display().to_string(),
         source: io::Error::new(io::ErrorKind::InvalidInput, "NUL in options"),
     })?;
-    sys::mount(Some(c"tmpfs"), target, Some(c"tmpfs"), flags | libc::MS_NOSUID | libc::MS_NODEV, Some(&data))
-        .map_err(err("mounting tmpfs on", target))
+    sys::mount(
+        Some(c"tmpfs"),
+        target,
+        Some(c"tmpfs"),
+        flags | libc::MS_NOSUID | libc::MS_NODEV,
+        Some(&data),
+    )
+    .map_err(err("mounting tmpfs on", target))
 }
 
 /// Opens a bind source as a detached tree with the right attributes.
@@ -113,7 +133,12 @@ fn open_bind(b: &Bind) -> Result<Option<OwnedFd>, SetupError> {
     Ok(Some(fd))
 }
 
-fn set_bind_attrs(fd: &OwnedFd, writable: bool, device: bool, what: &Path) -> Result<(), SetupError> {
+fn set_bind_attrs(
+    fd: &OwnedFd,
+    writable: bool,
+    device: bool,
+    what: &Path,
+) -> Result<(), SetupError> {
     let mut set = MOUNT_ATTR_NOSUID;
     if !writable {
         set |= MOUNT_ATTR_RDONLY;
@@ -125,7 +150,11 @@ fn set_bind_attrs(fd: &OwnedFd, writable: bool, device: bool, what: &Path) -> Re
 }
 
 fn attach(fd: &OwnedFd, target: &Path, is_dir: bool) -> Result<(), SetupError> {
-    if is_dir { mkdir_p(target, 0o755)? } else { touch(target)? }
+    if is_dir {
+        mkdir_p(target, 0o755)?
+    } else {
+        touch(target)?
+    }
     sys::move_mount_fd(fd, target).map_err(err("attaching bind at", target))
 }
 
@@ -148,7 +177,8 @@ enum Staged {
 /// working directory are the sandbox's.
 pub fn build(plan: &SandboxPlan, mut pre: PreOpened) -> Result<BuiltRoot, SetupError> {
     let slash = Path::new("/");
-    sys::mount(None, slash, None, libc::MS_REC | libc::MS_PRIVATE, None).map_err(err("making private", slash))?;
+    sys::mount(None, slash, None, libc::MS_REC | libc::MS_PRIVATE, None)
+        .map_err(err("making private", slash))?;
 
     // Phase 1: capture every host source before anything is covered.
     let mut staged = Vec::with_capacity(plan.root_ops.len());
@@ -187,7 +217,8 @@ pub fn build(plan: &SandboxPlan, mut pre: PreOpened) -> Result<BuiltRoot, SetupE
                 fd
             }
             None => {
-                let fd = sys::open_tree_clone(&ws.host, true).map_err(err("opening workspace", &ws.host))?;
+                let fd = sys::open_tree_clone(&ws.host, true)
+                    .map_err(err("opening workspace", &ws.host))?;
                 set_bind_attrs(&fd, ws.kind == WorkspaceKind::Rw, false, &ws.host)?;
                 fd
             }
@@ -207,9 +238,11 @@ pub fn build(plan: &SandboxPlan, mut pre: PreOpened) -> Result<BuiltRoot, SetupE
                 }
                 std::os::unix::fs::symlink(&target, &p).map_err(err("creating symlink", &p))?;
             }
-            Staged::Op(RootOp::File { path, contents, mode }) => {
-                write_file(&inside(root, &path), contents.as_bytes(), mode)?
-            }
+            Staged::Op(RootOp::File {
+                path,
+                contents,
+                mode,
+            }) => write_file(&inside(root, &path), contents.as_bytes(), mode)?,
             Staged::Copy(path, data) => write_file(&inside(root, &path), &data, 0o644)?,
             Staged::Bind(b, fd) => attach(&fd, &inside(root, &b.target), is_dir_fd(&fd))?,
             Staged::Op(RootOp::Bind(_) | RootOp::CopyFile { .. }) => {}
@@ -220,12 +253,17 @@ pub fn build(plan: &SandboxPlan, mut pre: PreOpened) -> Result<BuiltRoot, SetupE
     let hidden = root.join(HIDDEN);
     let scratch = hidden.join("scratch");
     mkdir_p(&scratch, 0o700)?;
-    tmpfs(&scratch, &format!("size={},mode=0755", plan.scratch_bytes.max(4096)), 0)?;
+    tmpfs(
+        &scratch,
+        &format!("size={},mode=0755", plan.scratch_bytes.max(4096)),
+        0,
+    )?;
     for d in ["tmp", "home", "shm", "upper", "work", "ws"] {
         mkdir_p(&scratch.join(d), 0o755)?;
     }
     for d in ["tmp", "shm"] {
-        fs::set_permissions(scratch.join(d), fs::Permissions::from_mode(0o1777)).map_err(err("chmod", &scratch))?;
+        fs::set_permissions(scratch.join(d), fs::Permissions::from_mode(0o1777))
+            .map_err(err("chmod", &scratch))?;
     }
     chown(&scratch.join("home"), plan.uid, plan.gid)?;
     chown(&scratch.join("ws"), plan.uid, plan.gid)?;
@@ -236,7 +274,10 @@ pub fn build(plan: &SandboxPlan, mut pre: PreOpened) -> Result<BuiltRoot, SetupE
 
     // Phase 4: the workspace.
     let target = inside(root, &ws.target);
-    let mut built = BuiltRoot { overlay_upper: None, overlay_lower: None };
+    let mut built = BuiltRoot {
+        overlay_upper: None,
+        overlay_lower: None,
+    };
     match (ws.kind, ws_tree) {
         (WorkspaceKind::Tmp, _) => bind_path(&scratch.join("ws"), &target)?,
         (WorkspaceKind::Overlay, Some(tree)) => {
@@ -263,8 +304,14 @@ pub fn build(plan: &SandboxPlan, mut pre: PreOpened) -> Result<BuiltRoot, SetupE
                 source: io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"),
             })?;
             mkdir_p(&target, 0o755)?;
-            sys::mount(Some(c"overlay"), &target, Some(c"overlay"), libc::MS_NOSUID | libc::MS_NODEV, Some(&data))
-                .map_err(err("mounting overlay on", &target))?;
+            sys::mount(
+                Some(c"overlay"),
+                &target,
+                Some(c"overlay"),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                Some(&data),
+            )
+            .map_err(err("mounting overlay on", &target))?;
             built.overlay_upper = Some(open_path(&scratch.join("upper"))?);
             built.overlay_lower = Some(open_path(&lower)?);
             sys::umount2(&lower, libc::MNT_DETACH).map_err(err("detaching", &lower))?;
@@ -281,8 +328,12 @@ pub fn build(plan: &SandboxPlan, mut pre: PreOpened) -> Result<BuiltRoot, SetupE
     // Phase 5: hide the staging mounts, seal the root, pivot.
     sys::umount2(&scratch, libc::MNT_DETACH).map_err(err("detaching", &scratch))?;
     fs::remove_dir_all(&hidden).map_err(err("removing", &hidden))?;
-    sys::mount_setattr_path(root, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, false)
-        .map_err(err("sealing root", root))?;
+    sys::mount_setattr_path(
+        root,
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        false,
+    )
+    .map_err(err("sealing root", root))?;
     std::env::set_current_dir(root).map_err(err("entering", root))?;
     sys::pivot_root_here().map_err(err("pivot_root into", root))?;
     sys::umount2(Path::new("."), libc::MNT_DETACH).map_err(err("detaching old root", slash))?;
@@ -295,7 +346,9 @@ fn chown(p: &Path, uid: u32, gid: u32) -> Result<(), SetupError> {
 }
 
 fn open_path(p: &Path) -> Result<OwnedFd, SetupError> {
-    fs::File::open(p).map(OwnedFd::from).map_err(err("opening", p))
+    fs::File::open(p)
+        .map(OwnedFd::from)
+        .map_err(err("opening", p))
 }
 
 /// Plain recursive bind of a path already inside this namespace.
@@ -318,7 +371,10 @@ fn protect(ws: &Path, rel: &Path) -> Result<(), SetupError> {
         return Err(SetupError {
             what: "refusing to protect",
             path: p.display().to_string(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, "it is a symlink (set workspace.protect_git = false to allow)"),
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "it is a symlink (set workspace.protect_git = false to allow)",
+            ),
         });
     }
     let fd = sys::open_tree_clone(&p, true).map_err(err("opening", &p))?;
@@ -334,7 +390,8 @@ fn build_dev(root: &Path, scratch: &Path) -> Result<(), SetupError> {
     for node in ["null", "zero", "full", "random", "urandom", "tty"] {
         let src = Path::new("/dev").join(node);
         let fd = sys::open_tree_clone(&src, false).map_err(err("opening device", &src))?;
-        sys::mount_setattr_fd(&fd, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, 0, false).map_err(err("restricting", &src))?;
+        sys::mount_setattr_fd(&fd, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, 0, false)
+            .map_err(err("restricting", &src))?;
         attach(&fd, &dev.join(node), false)?;
     }
     let pts = dev.join("pts");
@@ -363,22 +420,41 @@ fn build_dev(root: &Path, scratch: &Path) -> Result<(), SetupError> {
 
 /// Files and directories of /proc that expose or change host kernel state.
 const PROC_READONLY: &[&str] = &["sys", "sysrq-trigger", "irq", "bus", "fs"];
-const PROC_MASKED_FILES: &[&str] = &["kcore", "keys", "timer_list", "sched_debug", "latency_stats", "timer_stats", "kallsyms"];
+const PROC_MASKED_FILES: &[&str] = &[
+    "kcore",
+    "keys",
+    "timer_list",
+    "sched_debug",
+    "latency_stats",
+    "timer_stats",
+    "kallsyms",
+];
 const PROC_MASKED_DIRS: &[&str] = &["acpi", "scsi", "asound", "driver"];
 
 fn build_proc(root: &Path) -> Result<(), SetupError> {
     let proc_ = root.join("proc");
     mkdir_p(&proc_, 0o555)?;
-    sys::mount(Some(c"proc"), &proc_, Some(c"proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)
-        .map_err(err("mounting proc on", &proc_))?;
+    sys::mount(
+        Some(c"proc"),
+        &proc_,
+        Some(c"proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    )
+    .map_err(err("mounting proc on", &proc_))?;
     for name in PROC_READONLY {
         let p = proc_.join(name);
         if fs::symlink_metadata(&p).is_err() {
             continue;
         }
         let fd = sys::open_tree_clone(&p, true).map_err(err("opening", &p))?;
-        sys::mount_setattr_fd(&fd, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, 0, true)
-            .map_err(err("restricting", &p))?;
+        sys::mount_setattr_fd(
+            &fd,
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+            0,
+            true,
+        )
+        .map_err(err("restricting", &p))?;
         sys::move_mount_fd(&fd, &p).map_err(err("making read-only", &p))?;
     }
     let null = root.join("dev/null");

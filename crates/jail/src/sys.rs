@@ -87,14 +87,20 @@ pub fn open_tree_clone(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
     }
     // SAFETY: `c` is a valid NUL-terminated string that outlives the call; the kernel returns a
     // new file descriptor that we take sole ownership of below.
-    let fd = check(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) })?;
+    let fd =
+        check(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) })?;
     // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// `mount_setattr` on a mount fd (empty path), optionally recursive.
 pub fn mount_setattr_fd(fd: &OwnedFd, set: u64, clear: u64, recursive: bool) -> io::Result<()> {
-    let attr = MountAttr { attr_set: set, attr_clr: clear, propagation: 0, userns_fd: 0 };
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: clear,
+        propagation: 0,
+        userns_fd: 0,
+    };
     let mut flags = libc::AT_EMPTY_PATH as u32;
     if recursive {
         flags |= AT_RECURSIVE;
@@ -117,7 +123,12 @@ pub fn mount_setattr_fd(fd: &OwnedFd, set: u64, clear: u64, recursive: bool) -> 
 /// `mount_setattr` on a path (not recursive unless asked).
 pub fn mount_setattr_path(path: &Path, set: u64, recursive: bool) -> io::Result<()> {
     let c = cstr(path)?;
-    let attr = MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
     let flags = if recursive { AT_RECURSIVE } else { 0 };
     // SAFETY: `c` and `attr` outlive the call; the size passed matches the struct.
     let ret = unsafe {
@@ -163,7 +174,13 @@ pub fn mount(
     // SAFETY: every pointer is either NULL (allowed for these arguments) or a NUL-terminated
     // string borrowed for the duration of the call.
     let ret = unsafe {
-        libc::mount(p(source), t.as_ptr(), p(fstype), flags, p(data).cast::<libc::c_void>())
+        libc::mount(
+            p(source),
+            t.as_ptr(),
+            p(fstype),
+            flags,
+            p(data).cast::<libc::c_void>(),
+        )
     };
     check_int(ret).map(drop)
 }
@@ -191,7 +208,9 @@ pub fn sethostname(name: &str) -> io::Result<()> {
 /// Brings the loopback interface of the current network namespace up (`SIOCSIFFLAGS`).
 pub fn loopback_up() -> io::Result<()> {
     // SAFETY: socket() takes no pointers; the returned fd is owned by `sock` below.
-    let fd = check_int(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    let fd = check_int(unsafe {
+        libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)
+    })?;
     // SAFETY: `fd` is a fresh descriptor owned by nobody else.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
@@ -224,7 +243,13 @@ pub fn drop_bounding_set() -> io::Result<()> {
 pub fn clear_capabilities() -> io::Result<()> {
     // SAFETY: integer-only prctl.
     check_int(unsafe {
-        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0)
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
     })?;
     #[repr(C)]
     struct Header {
@@ -238,18 +263,35 @@ pub fn clear_capabilities() -> io::Result<()> {
         permitted: u32,
         inheritable: u32,
     }
-    let hdr = Header { version: 0x2008_0522, pid: 0 }; // _LINUX_CAPABILITY_VERSION_3
-    let data = [Data { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    let hdr = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    }; // _LINUX_CAPABILITY_VERSION_3
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
     // SAFETY: header and the two-element data array (the v3 layout) live on this frame for the call.
-    check(unsafe { libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) }).map(drop)
+    check(unsafe { libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) })
+        .map(drop)
 }
 
 /// Reads the effective capability mask of this thread from /proc (for verification and tests).
 pub fn effective_caps_zero() -> io::Result<bool> {
     let s = std::fs::read_to_string("/proc/self/status")?;
     Ok(s.lines()
-        .filter(|l| l.starts_with("CapEff:") || l.starts_with("CapPrm:") || l.starts_with("CapBnd:") || l.starts_with("CapAmb:"))
-        .all(|l| l.split_whitespace().nth(1).is_some_and(|v| v.chars().all(|c| c == '0'))))
+        .filter(|l| {
+            l.starts_with("CapEff:")
+                || l.starts_with("CapPrm:")
+                || l.starts_with("CapBnd:")
+                || l.starts_with("CapAmb:")
+        })
+        .all(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|v| v.chars().all(|c| c == '0'))
+        }))
 }
 
 pub fn setresgid(g: u32) -> io::Result<()> {
@@ -265,7 +307,8 @@ pub fn setresuid(u: u32) -> io::Result<()> {
 /// `setgroups(0, NULL)`: drop every supplementary group.
 pub fn clear_groups() -> io::Result<()> {
     // SAFETY: a zero count with a NULL list is the documented way to clear the groups.
-    check(unsafe { libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) }).map(drop)
+    check(unsafe { libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) })
+        .map(drop)
 }
 
 pub fn set_no_new_privs() -> io::Result<()> {
@@ -275,23 +318,31 @@ pub fn set_no_new_privs() -> io::Result<()> {
 
 pub fn set_dumpable(on: bool) -> io::Result<()> {
     // SAFETY: integer-only prctl.
-    check_int(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, libc::c_ulong::from(on), 0, 0, 0) }).map(drop)
+    check_int(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, libc::c_ulong::from(on), 0, 0, 0) })
+        .map(drop)
 }
 
 /// Asks the kernel to send `sig` to this process when its parent thread exits.
 pub fn set_parent_death_signal(sig: libc::c_int) -> io::Result<()> {
     // SAFETY: integer-only prctl.
-    check_int(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) }).map(drop)
+    check_int(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) })
+        .map(drop)
 }
 
 /// Lowers (never raises) a resource limit: both values are clamped to the current hard limit,
 /// since this host's root lacks CAP_SYS_RESOURCE.
 pub fn lower_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
-    let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `cur` is a valid out-pointer on this frame.
     check_int(unsafe { libc::getrlimit(resource, &mut cur) })?;
     let v = value.min(cur.rlim_max);
-    let new = libc::rlimit { rlim_cur: v, rlim_max: v };
+    let new = libc::rlimit {
+        rlim_cur: v,
+        rlim_max: v,
+    };
     // SAFETY: `new` is a valid in-pointer on this frame.
     check_int(unsafe { libc::setrlimit(resource, &new) }).map(drop)
 }
@@ -308,7 +359,13 @@ pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
 pub fn pidfd_kill(pidfd: &OwnedFd, sig: libc::c_int) -> io::Result<()> {
     // SAFETY: NULL siginfo is allowed; `pidfd` is a live descriptor.
     check(unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0)
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
     })
     .map(drop)
 }
@@ -341,13 +398,19 @@ pub fn close_fds_from(first: RawFd) -> io::Result<()> {
     // SAFETY: close_range takes integers only; descriptors >= `first` are by contract not owned by
     // any live Rust object in this process (the caller is a freshly exec'd helper or a child about
     // to exec).
-    check(unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, u32::MAX, 0) }).map(drop)
+    check(unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, u32::MAX, 0) })
+        .map(drop)
 }
 
 /// Makes a detached mount tree idmapped through the user namespace `userns` (recursively).
 pub fn mount_setattr_idmap(fd: &OwnedFd, userns: &OwnedFd) -> io::Result<()> {
     const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-    let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
     // SAFETY: `attr` outlives the call and its size is passed; both descriptors are borrowed live fds.
     let ret = unsafe {
         libc::syscall(

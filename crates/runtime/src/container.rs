@@ -56,7 +56,11 @@ fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     // SAFETY: getrandom writes at most `b.len()` bytes into the buffer it is given.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n == 8 { u64::from_ne_bytes(b) } else { u64::from(std::process::id()) ^ (Instant::now().elapsed().as_nanos() as u64) }
+    if n == 8 {
+        u64::from_ne_bytes(b)
+    } else {
+        u64::from(std::process::id()) ^ (Instant::now().elapsed().as_nanos() as u64)
+    }
 }
 
 /// Resolves and checks the workspace directory.
@@ -65,10 +69,16 @@ pub fn resolve_workspace(policy: &Policy, base: &Path) -> Result<PathBuf, RunErr
     let canon = std::fs::canonicalize(&lexical)
         .map_err(|e| RunError::Workspace(format!("{}: {e}", lexical.display())))?;
     if !canon.is_dir() {
-        return Err(RunError::Workspace(format!("{} is not a directory", canon.display())));
+        return Err(RunError::Workspace(format!(
+            "{} is not a directory",
+            canon.display()
+        )));
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).and_then(|h| std::fs::canonicalize(h).ok());
-    stockade_policy::check_workspace_dir(policy, &canon, home.as_deref()).map_err(RunError::Workspace)?;
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .and_then(|h| std::fs::canonicalize(h).ok());
+    stockade_policy::check_workspace_dir(policy, &canon, home.as_deref())
+        .map_err(RunError::Workspace)?;
     if policy.workspace.mode == WorkspaceMode::Tmp {
         return Ok(canon);
     }
@@ -81,7 +91,9 @@ fn host_facts(workspace: PathBuf) -> HostFacts {
         .filter_map(|d| {
             let p = PathBuf::from(d);
             match std::fs::symlink_metadata(&p) {
-                Ok(m) if m.file_type().is_symlink() => std::fs::read_link(&p).ok().map(|t| (p, Some(t))),
+                Ok(m) if m.file_type().is_symlink() => {
+                    std::fs::read_link(&p).ok().map(|t| (p, Some(t)))
+                }
                 Ok(m) if m.is_dir() => Some((p, None)),
                 _ => None,
             }
@@ -102,14 +114,17 @@ fn host_facts(workspace: PathBuf) -> HostFacts {
 /// Runs `argv` in a fresh container-level sandbox under `policy` (already validated).
 pub fn run(policy: &Policy, argv: &[String], opts: &RunOptions) -> Result<RunReport, RunError> {
     if argv.is_empty() {
-        return Err(RunError::Usage("no command given: stockade run [OPTIONS] -- CMD [ARGS]".into()));
+        return Err(RunError::Usage(
+            "no command given: stockade run [OPTIONS] -- CMD [ARGS]".into(),
+        ));
     }
     let started = Instant::now();
     let allow_weaker = policy.security.allow_weaker_isolation;
     let mut notices = Vec::new();
     let base = match &opts.base_dir {
         Some(b) => b.clone(),
-        None => std::env::current_dir().map_err(|e| RunError::Workspace(format!("current directory: {e}")))?,
+        None => std::env::current_dir()
+            .map_err(|e| RunError::Workspace(format!("current directory: {e}")))?,
     };
     let workspace = resolve_workspace(policy, &base)?;
     if policy.security.landlock && stockade_jail::confine::landlock_abi() == 0 {
@@ -118,13 +133,19 @@ pub fn run(policy: &Policy, argv: &[String], opts: &RunOptions) -> Result<RunRep
                 "landlock: this kernel does not offer Landlock; use --allow-weaker-isolation to run without it".into(),
             ));
         }
-        notices.push("weaker isolation: Landlock unavailable on this kernel, running without it".into());
+        notices.push(
+            "weaker isolation: Landlock unavailable on this kernel, running without it".into(),
+        );
     }
     if !policy.security.landlock {
         notices.push("weaker isolation: Landlock disabled by policy".into());
     }
     let seccomp = if policy.security.seccomp {
-        Some(SeccompProgram::compile_default().map_err(|e| RunError::Unsupported(e.to_string()))?.to_bytes())
+        Some(
+            SeccompProgram::compile_default()
+                .map_err(|e| RunError::Unsupported(e.to_string()))?
+                .to_bytes(),
+        )
     } else {
         notices.push("weaker isolation: seccomp disabled by policy".into());
         None
@@ -142,7 +163,9 @@ pub fn run(policy: &Policy, argv: &[String], opts: &RunOptions) -> Result<RunRep
     }) {
         Ok(cg) => Some(cg),
         Err(e) if allow_weaker => {
-            notices.push(format!("weaker isolation: no cgroup limits (memory, cpu, pids): {e}"));
+            notices.push(format!(
+                "weaker isolation: no cgroup limits (memory, cpu, pids): {e}"
+            ));
             None
         }
         Err(e) => {
@@ -168,7 +191,9 @@ pub fn run(policy: &Policy, argv: &[String], opts: &RunOptions) -> Result<RunRep
     notices.append(&mut report.notices);
     report.notices = notices;
     for l in &leftovers {
-        report.notices.push(format!("cleanup: could not remove {l}"));
+        report
+            .notices
+            .push(format!("cleanup: could not remove {l}"));
     }
     report.leftovers = leftovers;
     report.duration = started.elapsed();
@@ -186,8 +211,16 @@ fn supervise(
     cg: Option<&Cgroup>,
     workspace: &Path,
 ) -> Result<RunReport, RunError> {
-    let Launched { mut child, mut ctrl, plan: mut plan_pipe, liveness, stdin, stdout, stderr } =
-        spawn_launcher(allow_weaker).map_err(|e| RunError::Launch(format!("starting the launcher: {e}")))?;
+    let Launched {
+        mut child,
+        mut ctrl,
+        plan: mut plan_pipe,
+        liveness,
+        stdin,
+        stdout,
+        stderr,
+    } = spawn_launcher(allow_weaker)
+        .map_err(|e| RunError::Launch(format!("starting the launcher: {e}")))?;
     let body = serde_json::to_vec(plan).map_err(|e| RunError::Launch(e.to_string()))?;
     let wrote = plan_pipe.write_all(&body);
     drop(plan_pipe);
@@ -200,7 +233,11 @@ fn supervise(
     let (tx, rx) = mpsc::channel::<Event>();
     let max_output = policy.limits.max_output.0;
     let counter = relay::OutputBudget::new(max_output);
-    relay::control_reader(ctrl.try_clone().map_err(|e| RunError::Launch(e.to_string()))?, tx.clone());
+    relay::control_reader(
+        ctrl.try_clone()
+            .map_err(|e| RunError::Launch(e.to_string()))?,
+        tx.clone(),
+    );
     let out_t = relay::output(stdout, std::io::stdout(), counter.clone(), tx.clone());
     let err_t = relay::output(stderr, std::io::stderr(), counter.clone(), tx.clone());
     relay::input(stdin);
@@ -239,7 +276,11 @@ fn supervise(
                 setup_error = Some(RunError::Exec { code, message });
                 outcome = Some((None, None));
             }
-            Ok(Event::Agent(AgentMsg::Exited { termination, changes, changes_error })) => {
+            Ok(Event::Agent(AgentMsg::Exited {
+                termination,
+                changes,
+                changes_error,
+            })) => {
                 if let Some(e) = changes_error {
                     notices.push(format!("overlay: could not list changes: {e}"));
                 }
@@ -306,10 +347,21 @@ fn supervise(
     }
     let l = &policy.limits;
     match &reason {
-        EndReason::Timeout => notices.push(format!("killed: timeout {} reached", format_duration(l.timeout))),
-        EndReason::Memory => notices.push(format!("killed: memory limit {} reached", human(l.memory))),
-        EndReason::Output => notices.push(format!("stopped: output limit {} reached", human(l.max_output))),
-        EndReason::Disk => notices.push(format!("stopped: disk limit {} reached (workspace growth)", human(l.disk))),
+        EndReason::Timeout => notices.push(format!(
+            "killed: timeout {} reached",
+            format_duration(l.timeout)
+        )),
+        EndReason::Memory => {
+            notices.push(format!("killed: memory limit {} reached", human(l.memory)))
+        }
+        EndReason::Output => notices.push(format!(
+            "stopped: output limit {} reached",
+            human(l.max_output)
+        )),
+        EndReason::Disk => notices.push(format!(
+            "stopped: disk limit {} reached (workspace growth)",
+            human(l.disk)
+        )),
         EndReason::Signal(n) => notices.push(format!("stopped: stockade received signal {n}")),
         EndReason::Exited => {}
     }
@@ -317,7 +369,9 @@ fn supervise(
         (EndReason::Signal(n), _) => 128 + n,
         (_, Some(t)) => t.shell_code(),
         (EndReason::Exited, None) => {
-            return Err(RunError::Setup("the sandbox ended without reporting the command's status".into()));
+            return Err(RunError::Setup(
+                "the sandbox ended without reporting the command's status".into(),
+            ));
         }
         (_, None) => 128 + libc::SIGKILL,
     };

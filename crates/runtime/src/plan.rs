@@ -5,7 +5,9 @@
 //! touching the system, so every decision here is unit-tested without root.
 
 use std::path::{Path, PathBuf};
-use stockade_jail::plan::{Bind, IdMap, LandlockPlan, RootOp, Rlimit, SandboxPlan, WorkspaceKind, WorkspacePlan};
+use stockade_jail::plan::{
+    Bind, IdMap, LandlockPlan, Rlimit, RootOp, SandboxPlan, WorkspaceKind, WorkspacePlan,
+};
 use stockade_policy::{MountMode, Policy, WorkspaceMode};
 
 /// The PATH every sandbox starts with (the host's PATH names host directories that may not exist inside).
@@ -22,18 +24,52 @@ pub const PASSED_BY_DEFAULT: &[&str] = &["LANG", "TERM", "TZ"];
 
 /// /etc files copied in (small, not secret). Missing ones are skipped.
 pub const ETC_FILES: &[&str] = &[
-    "ld.so.cache", "ld.so.conf", "nsswitch.conf", "host.conf", "gai.conf", "protocols", "services",
-    "mime.types", "inputrc", "bash.bashrc", "profile", "localtime", "timezone", "locale.alias",
-    "debian_version", "os-release", "issue", "shells", "magic", "magic.mime", "networks", "ethertypes",
-    "xattr.conf", "papersize", "mailcap",
+    "ld.so.cache",
+    "ld.so.conf",
+    "nsswitch.conf",
+    "host.conf",
+    "gai.conf",
+    "protocols",
+    "services",
+    "mime.types",
+    "inputrc",
+    "bash.bashrc",
+    "profile",
+    "localtime",
+    "timezone",
+    "locale.alias",
+    "debian_version",
+    "os-release",
+    "issue",
+    "shells",
+    "magic",
+    "magic.mime",
+    "networks",
+    "ethertypes",
+    "xattr.conf",
+    "papersize",
+    "mailcap",
 ];
 /// /etc directories bound read-only (no secrets in them on a normal install). Missing ones are skipped.
 pub const ETC_DIRS: &[&str] = &[
-    "ld.so.conf.d", "ssl/certs", "ca-certificates", "alternatives", "python3", "python3.11", "python3.12",
-    "python3.13", "perl", "terminfo", "profile.d", "fonts", "bash_completion.d",
+    "ld.so.conf.d",
+    "ssl/certs",
+    "ca-certificates",
+    "alternatives",
+    "python3",
+    "python3.11",
+    "python3.12",
+    "python3.13",
+    "perl",
+    "terminfo",
+    "profile.d",
+    "fonts",
+    "bash_completion.d",
 ];
 /// System directories of the host, bound read-only (or recreated as the same symlink).
-pub const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"];
+pub const SYSTEM_DIRS: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32",
+];
 
 /// What the plan needs to know about the host.
 #[derive(Clone, Debug)]
@@ -94,8 +130,17 @@ pub fn environment(policy: &Policy, host_env: &[(String, String)]) -> Vec<(Strin
         env.retain(|(ek, _)| ek != k);
         env.push((k.to_string(), v.to_string()));
     };
-    let host = |k: &str| host_env.iter().find(|(hk, _)| hk == k).map(|(_, v)| v.clone());
-    for k in PASSED_BY_DEFAULT.iter().copied().chain(policy.process.env_pass.iter().map(String::as_str)) {
+    let host = |k: &str| {
+        host_env
+            .iter()
+            .find(|(hk, _)| hk == k)
+            .map(|(_, v)| v.clone())
+    };
+    for k in PASSED_BY_DEFAULT
+        .iter()
+        .copied()
+        .chain(policy.process.env_pass.iter().map(String::as_str))
+    {
         if let Some(v) = host(k) {
             set(k, &v);
         }
@@ -116,14 +161,44 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
     let host_uid = HOST_UID_BASE + host.nonce % HOST_UID_SPAN;
     let (uid_map, gid_map, idmap_host_uid) = if root {
         (
-            vec![IdMap { inside: 0, outside: 0, count: 1 }, IdMap { inside: p.uid, outside: host_uid, count: 1 }],
-            vec![IdMap { inside: 0, outside: 0, count: 1 }, IdMap { inside: p.gid, outside: host_uid, count: 1 }],
+            vec![
+                IdMap {
+                    inside: 0,
+                    outside: 0,
+                    count: 1,
+                },
+                IdMap {
+                    inside: p.uid,
+                    outside: host_uid,
+                    count: 1,
+                },
+            ],
+            vec![
+                IdMap {
+                    inside: 0,
+                    outside: 0,
+                    count: 1,
+                },
+                IdMap {
+                    inside: p.gid,
+                    outside: host_uid,
+                    count: 1,
+                },
+            ],
             Some(host_uid),
         )
     } else {
         (
-            vec![IdMap { inside: p.uid, outside: host.euid, count: 1 }],
-            vec![IdMap { inside: p.gid, outside: host.egid, count: 1 }],
+            vec![IdMap {
+                inside: p.uid,
+                outside: host.euid,
+                count: 1,
+            }],
+            vec![IdMap {
+                inside: p.gid,
+                outside: host.egid,
+                count: 1,
+            }],
             None,
         )
     };
@@ -132,7 +207,10 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
     let mut read_exec = Vec::new();
     for (dir, link) in &host.system_links {
         match link {
-            Some(t) => ops.push(RootOp::Symlink { path: dir.clone(), target: t.clone() }),
+            Some(t) => ops.push(RootOp::Symlink {
+                path: dir.clone(),
+                target: t.clone(),
+            }),
             None => {
                 ops.push(RootOp::Bind(Bind {
                     source: dir.clone(),
@@ -146,20 +224,45 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
             }
         }
     }
-    ops.push(RootOp::Dir { path: "/etc".into(), mode: 0o755 });
-    for f in ETC_FILES.iter().copied().chain(policy.filesystem.etc_extra.iter().map(String::as_str)) {
-        ops.push(RootOp::CopyFile { source: Path::new("/etc").join(f), path: Path::new("/etc").join(f) });
+    ops.push(RootOp::Dir {
+        path: "/etc".into(),
+        mode: 0o755,
+    });
+    for f in ETC_FILES
+        .iter()
+        .copied()
+        .chain(policy.filesystem.etc_extra.iter().map(String::as_str))
+    {
+        ops.push(RootOp::CopyFile {
+            source: Path::new("/etc").join(f),
+            path: Path::new("/etc").join(f),
+        });
     }
     for d in ETC_DIRS {
         let path = format!("/etc/{d}");
         ops.push(bind(&path, &path, false, true));
     }
-    ops.push(RootOp::File { path: "/etc/passwd".into(), contents: passwd(p.uid, p.gid), mode: 0o644 });
-    ops.push(RootOp::File { path: "/etc/group".into(), contents: group(p.gid), mode: 0o644 });
-    ops.push(RootOp::File { path: "/etc/hostname".into(), contents: format!("{}\n", p.hostname), mode: 0o644 });
+    ops.push(RootOp::File {
+        path: "/etc/passwd".into(),
+        contents: passwd(p.uid, p.gid),
+        mode: 0o644,
+    });
+    ops.push(RootOp::File {
+        path: "/etc/group".into(),
+        contents: group(p.gid),
+        mode: 0o644,
+    });
+    ops.push(RootOp::File {
+        path: "/etc/hostname".into(),
+        contents: format!("{}\n", p.hostname),
+        mode: 0o644,
+    });
     ops.push(RootOp::File {
         path: "/etc/hosts".into(),
-        contents: format!("127.0.0.1 localhost {h}\n::1 localhost ip6-localhost {h}\n", h = p.hostname),
+        contents: format!(
+            "127.0.0.1 localhost {h}\n::1 localhost ip6-localhost {h}\n",
+            h = p.hostname
+        ),
         mode: 0o644,
     });
     ops.push(RootOp::File {
@@ -167,12 +270,25 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
         contents: "# stockade: no network (loopback only)\n".into(),
         mode: 0o644,
     });
-    ops.push(RootOp::Dir { path: "/var".into(), mode: 0o755 });
-    ops.push(RootOp::Symlink { path: "/var/tmp".into(), target: "/tmp".into() });
-    ops.push(RootOp::Dir { path: "/run".into(), mode: 0o755 });
+    ops.push(RootOp::Dir {
+        path: "/var".into(),
+        mode: 0o755,
+    });
+    ops.push(RootOp::Symlink {
+        path: "/var/tmp".into(),
+        target: "/tmp".into(),
+    });
+    ops.push(RootOp::Dir {
+        path: "/run".into(),
+        mode: 0o755,
+    });
     read_exec.push("/etc".into());
 
-    let mut read_write = vec![PathBuf::from("/tmp"), PathBuf::from(SANDBOX_HOME), PathBuf::from("/dev/shm")];
+    let mut read_write = vec![
+        PathBuf::from("/tmp"),
+        PathBuf::from(SANDBOX_HOME),
+        PathBuf::from("/dev/shm"),
+    ];
     for m in &policy.filesystem.mounts {
         let writable = m.mode == MountMode::Rw;
         ops.push(RootOp::Bind(Bind {
@@ -183,7 +299,11 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
             idmap: root && writable,
             device: false,
         }));
-        if writable { read_write.push(m.target().to_path_buf()) } else { read_exec.push(m.target().to_path_buf()) }
+        if writable {
+            read_write.push(m.target().to_path_buf())
+        } else {
+            read_exec.push(m.target().to_path_buf())
+        }
     }
 
     let ws = &host.workspace;
@@ -193,21 +313,41 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
         WorkspaceMode::Overlay => WorkspaceKind::Overlay,
         WorkspaceMode::Tmp => WorkspaceKind::Tmp,
     };
-    if kind == WorkspaceKind::Ro { read_exec.push(ws.clone()) } else { read_write.push(ws.clone()) }
-    let protect =
-        if policy.workspace.protect_git { vec![PathBuf::from(".git/hooks"), PathBuf::from(".git/config")] } else { vec![] };
+    if kind == WorkspaceKind::Ro {
+        read_exec.push(ws.clone())
+    } else {
+        read_write.push(ws.clone())
+    }
+    let protect = if policy.workspace.protect_git {
+        vec![PathBuf::from(".git/hooks"), PathBuf::from(".git/config")]
+    } else {
+        vec![]
+    };
 
     let landlock = LandlockPlan {
         enabled: policy.security.landlock,
         required: policy.security.landlock,
         read_exec,
         read_write,
-        devices: ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/pts"]
-            .iter()
-            .map(PathBuf::from)
-            .collect(),
+        devices: [
+            "/dev/null",
+            "/dev/zero",
+            "/dev/full",
+            "/dev/random",
+            "/dev/urandom",
+            "/dev/tty",
+            "/dev/pts",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect(),
         read_write_files: vec![PathBuf::from("/proc")],
-        list_only: vec![PathBuf::from("/"), PathBuf::from("/dev"), PathBuf::from("/home"), PathBuf::from("/var")],
+        list_only: vec![
+            PathBuf::from("/"),
+            PathBuf::from("/dev"),
+            PathBuf::from("/home"),
+            PathBuf::from("/var"),
+        ],
     };
     let l = &policy.limits;
     SandboxPlan {
@@ -227,12 +367,20 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
             target: ws.clone(),
             kind,
             protect,
-            idmap: root && matches!(kind, WorkspaceKind::Rw | WorkspaceKind::Ro | WorkspaceKind::Overlay),
+            idmap: root
+                && matches!(
+                    kind,
+                    WorkspaceKind::Rw | WorkspaceKind::Ro | WorkspaceKind::Overlay
+                ),
         },
         cwd: ws.clone(),
         argv: argv.to_vec(),
         env: environment(policy, &host.env),
-        rlimits: vec![Rlimit::NoFile(l.open_files), Rlimit::Core(0), Rlimit::FileSize(l.disk.0)],
+        rlimits: vec![
+            Rlimit::NoFile(l.open_files),
+            Rlimit::Core(0),
+            Rlimit::FileSize(l.disk.0),
+        ],
         cgroup_procs: extras.cgroup_procs,
         cgroup_dirs: extras.cgroup_dirs,
         landlock,
@@ -253,7 +401,10 @@ mod tests {
                 ("SECRET".into(), "canary".into()),
                 ("PATH".into(), "/root/.pyenv/shims:/usr/bin".into()),
             ],
-            system_links: vec![("/usr".into(), None), ("/bin".into(), Some("usr/bin".into()))],
+            system_links: vec![
+                ("/usr".into(), None),
+                ("/bin".into(), Some("usr/bin".into())),
+            ],
             workspace: "/work/proj".into(),
             nonce: 7,
         }
@@ -263,7 +414,10 @@ mod tests {
     fn environment_is_curated() {
         let mut p = Policy::default();
         let env = environment(&p, &facts(0).env);
-        assert!(env.iter().all(|(k, _)| k != "SECRET"), "host variables must not leak: {env:?}");
+        assert!(
+            env.iter().all(|(k, _)| k != "SECRET"),
+            "host variables must not leak: {env:?}"
+        );
         assert!(env.contains(&("PATH".into(), SANDBOX_PATH.into())));
         assert!(env.contains(&("TERM".into(), "xterm".into())));
         assert!(env.contains(&("HOME".into(), SANDBOX_HOME.into())));
@@ -277,18 +431,47 @@ mod tests {
 
     #[test]
     fn root_maps_to_an_unprivileged_host_uid_and_idmaps_the_workspace() {
-        let plan = build(&Policy::default(), &["true".into()], &facts(0), Extras::default());
-        assert_eq!(plan.uid_map[1], IdMap { inside: 1000, outside: HOST_UID_BASE + 7, count: 1 });
+        let plan = build(
+            &Policy::default(),
+            &["true".into()],
+            &facts(0),
+            Extras::default(),
+        );
+        assert_eq!(
+            plan.uid_map[1],
+            IdMap {
+                inside: 1000,
+                outside: HOST_UID_BASE + 7,
+                count: 1
+            }
+        );
         assert_eq!(plan.idmap_host_uid, Some(HOST_UID_BASE + 7));
         assert!(plan.workspace.idmap);
-        let user = build(&Policy::default(), &["true".into()], &facts(1234), Extras::default());
-        assert_eq!(user.uid_map, vec![IdMap { inside: 1000, outside: 1234, count: 1 }]);
+        let user = build(
+            &Policy::default(),
+            &["true".into()],
+            &facts(1234),
+            Extras::default(),
+        );
+        assert_eq!(
+            user.uid_map,
+            vec![IdMap {
+                inside: 1000,
+                outside: 1234,
+                count: 1
+            }]
+        );
         assert!(!user.workspace.idmap && user.idmap_host_uid.is_none());
     }
 
     #[test]
     fn no_secret_etc_entries_and_system_dirs_read_only() {
-        let plan = build(&Policy::default(), &["true".into()], &facts(0), Extras::default());
+        let plan = build(
+            &Policy::default(),
+            &["true".into()],
+            &facts(0),
+            Extras::default(),
+        );
         for op in &plan.root_ops {
             let path = match op {
                 RootOp::Bind(b) => {
@@ -299,12 +482,26 @@ mod tests {
                 _ => continue,
             };
             let s = path.to_string_lossy();
-            for bad in ["shadow", "gshadow", "sudoers", "ssh", "ssl/private", "machine-id"] {
+            for bad in [
+                "shadow",
+                "gshadow",
+                "sudoers",
+                "ssh",
+                "ssl/private",
+                "machine-id",
+            ] {
                 assert!(!s.contains(bad), "{s} must not be exposed");
             }
         }
-        assert!(plan.root_ops.contains(&RootOp::Symlink { path: "/bin".into(), target: "usr/bin".into() }));
-        assert!(plan.workspace.protect.contains(&PathBuf::from(".git/hooks")));
+        assert!(plan.root_ops.contains(&RootOp::Symlink {
+            path: "/bin".into(),
+            target: "usr/bin".into()
+        }));
+        assert!(
+            plan.workspace
+                .protect
+                .contains(&PathBuf::from(".git/hooks"))
+        );
         assert_eq!(plan.cwd, PathBuf::from("/work/proj"));
     }
 }

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use stockade_agent::protocol::{AgentMsg, read_frame};
 
@@ -30,7 +29,10 @@ pub struct OutputBudget {
 
 impl OutputBudget {
     pub fn new(max: u64) -> Self {
-        OutputBudget { used: Arc::new(AtomicU64::new(0)), max }
+        OutputBudget {
+            used: Arc::new(AtomicU64::new(0)),
+            max,
+        }
     }
     /// Reserves `n` bytes; returns how many may be written (less than `n` once the cap is reached).
     fn take(&self, n: u64) -> u64 {
@@ -44,7 +46,12 @@ pub fn control_reader(mut ctrl: UnixStream, tx: Sender<Event>) {
         loop {
             match read_frame::<AgentMsg>(&mut ctrl) {
                 Ok(Some(m)) => {
-                    let last = matches!(m, AgentMsg::Exited { .. } | AgentMsg::SetupFailed { .. } | AgentMsg::ExecFailed { .. });
+                    let last = matches!(
+                        m,
+                        AgentMsg::Exited { .. }
+                            | AgentMsg::SetupFailed { .. }
+                            | AgentMsg::ExecFailed { .. }
+                    );
                     if tx.send(Event::Agent(m)).is_err() || last {
                         return;
                     }
@@ -63,8 +70,10 @@ pub fn output<W: Write + Send + 'static>(
     mut to: W,
     budget: OutputBudget,
     tx: Sender<Event>,
-) -> JoinHandle<()> {
+) -> Done {
+    let (done_tx, done) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let _done = done_tx; // dropped when this thread ends: the receiver then sees it at once
         let mut buf = vec![0u8; 64 * 1024];
         let mut over = false;
         loop {
@@ -78,7 +87,12 @@ pub fn output<W: Write + Send + 'static>(
                 continue; // drain so the writer is not blocked while it is being stopped
             }
             let allowed = budget.take(n as u64) as usize;
-            if allowed > 0 && to.write_all(&buf[..allowed]).and_then(|()| to.flush()).is_err() {
+            if allowed > 0
+                && to
+                    .write_all(&buf[..allowed])
+                    .and_then(|()| to.flush())
+                    .is_err()
+            {
                 // Our own stdout is gone: keep draining, nothing more to show.
                 over = true;
             }
@@ -87,8 +101,12 @@ pub fn output<W: Write + Send + 'static>(
                 let _ = tx.send(Event::OutputLimit);
             }
         }
-    })
+    });
+    Done(done)
 }
+
+/// Completion of a relay thread.
+pub struct Done(std::sync::mpsc::Receiver<()>);
 
 /// Copies our stdin into the sandbox until EOF; detached (a terminal read may never return).
 pub fn input(mut to: std::fs::File) {
@@ -148,12 +166,16 @@ pub fn block_termination_signals() {
 /// Bytes allocated under `root` (not following symlinks, not crossing into other filesystems).
 pub fn usage(root: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    let Ok(top) = std::fs::symlink_metadata(root) else { return 0 };
+    let Ok(top) = std::fs::symlink_metadata(root) else {
+        return 0;
+    };
     let dev = top.dev();
     let mut total = 0u64;
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for e in rd.flatten() {
             let Ok(m) = e.metadata() else { continue };
             total = total.saturating_add(m.blocks() * 512);
@@ -187,12 +209,7 @@ pub fn disk_watch(root: PathBuf, budget: u64, tx: Sender<Event>) -> Arc<AtomicBo
     stop
 }
 
-pub fn join_bounded(h: JoinHandle<()>, limit: Duration) {
-    let end = Instant::now() + limit;
-    while !h.is_finished() && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    if h.is_finished() {
-        let _ = h.join();
-    }
+/// Waits until the relay has drained its pipe (EOF), at most `limit`.
+pub fn join_bounded(d: Done, limit: Duration) {
+    let _ = d.0.recv_timeout(limit);
 }

@@ -52,14 +52,21 @@ pub fn spawn_launcher(allow_weaker: bool) -> io::Result<Launched> {
     let ctrl_theirs = high(OwnedFd::from(ctrl_theirs))?;
     let plan_r = high(plan_r)?;
     let live_r = high(live_r)?;
-    let sources: [(RawFd, RawFd); 3] =
-        [(ctrl_theirs.as_raw_fd(), CTRL_FD), (plan_r.as_raw_fd(), PLAN_FD), (live_r.as_raw_fd(), LIVENESS_FD)];
+    let sources: [(RawFd, RawFd); 3] = [
+        (ctrl_theirs.as_raw_fd(), CTRL_FD),
+        (plan_r.as_raw_fd(), PLAN_FD),
+        (live_r.as_raw_fd(), LIVENESS_FD),
+    ];
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg("__launch");
     if allow_weaker {
         cmd.arg(ALLOW_WEAKER_ARG);
     }
-    cmd.env_clear().stdin(Stdio::from(in_r)).stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w)).process_group(0);
+    cmd.env_clear()
+        .stdin(Stdio::from(in_r))
+        .stdout(Stdio::from(out_w))
+        .stderr(Stdio::from(err_w))
+        .process_group(0);
     // SAFETY: the closure runs between fork and exec in the child and only calls dup2 and
     // sigprocmask, which are async-signal-safe, on integers captured by value.
     unsafe {
