@@ -37,6 +37,12 @@ pub fn main(allow_weaker: bool) -> i32 {
     if sys::close_fds_from(LIVENESS_FD + 1).is_err() {
         return 125;
     }
+    // dup2 cleared close-on-exec on these; the command must never inherit the control socket.
+    for fd in [CTRL_FD, PLAN_FD, LIVENESS_FD] {
+        if sys::set_cloexec(fd).is_err() {
+            return 125;
+        }
+    }
     // SAFETY: the supervisor placed these descriptors at fixed numbers before exec and nothing
     // else in this fresh process owns them.
     let mut ctrl = unsafe { UnixStream::from_raw_fd(CTRL_FD) };

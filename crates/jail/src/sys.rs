@@ -387,6 +387,12 @@ pub fn waitpid(pid: libc::pid_t, flags: libc::c_int) -> io::Result<(libc::pid_t,
     }
 }
 
+/// Sets FD_CLOEXEC on `fd`.
+pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl with F_SETFD and an integer flag takes no pointers.
+    check_int(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) }).map(drop)
+}
+
 /// Clears FD_CLOEXEC so `fd` survives exec (used right before exec of the launcher).
 pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl with F_SETFD and an integer flag takes no pointers.
