@@ -283,12 +283,16 @@ pub fn build(plan: &SandboxPlan, mut pre: PreOpened) -> Result<BuiltRoot, SetupE
         (WorkspaceKind::Overlay, Some(tree)) => {
             let lower = hidden.join("lower");
             attach(&tree, &lower, true)?;
-            // The overlay's root takes the upper directory's owner and mode: copy the lower's.
+            // The overlay's root takes the upper directory's owner and mode: copy the lower's
+            // (ids that are not mapped here read as the overflow id and are left as they are).
             let lm = fs::metadata(&lower).map_err(err("inspecting", &lower))?;
             let upper = scratch.join("upper");
             {
                 use std::os::unix::fs::MetadataExt;
-                chown(&upper, lm.uid(), lm.gid())?;
+                const OVERFLOW: u32 = 65534;
+                let uid = (lm.uid() != OVERFLOW).then_some(lm.uid());
+                let gid = (lm.gid() != OVERFLOW).then_some(lm.gid());
+                std::os::unix::fs::chown(&upper, uid, gid).map_err(err("chown", &upper))?;
                 fs::set_permissions(&upper, fs::Permissions::from_mode(lm.mode() & 0o7777))
                     .map_err(err("chmod", &upper))?;
             }
