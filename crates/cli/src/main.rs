@@ -24,7 +24,7 @@ struct Cli {
 enum Cmd {
     /// Run CMD in a fresh container-level sandbox; exits with CMD's status (128+N if killed by signal N).
     #[command(after_long_help = flags::defaults_help())]
-    Run(flags::RunArgs),
+    Run(Box<flags::RunArgs>),
     /// Check or show policy files.
     #[command(subcommand)]
     Policy(PolicyCmd),
@@ -49,7 +49,7 @@ enum PolicyCmd {
     Show {
         file: Option<PathBuf>,
         #[command(flatten)]
-        overrides: flags::OverrideArgs,
+        overrides: Box<flags::OverrideArgs>,
     },
 }
 
@@ -91,7 +91,7 @@ fn main() -> ExitCode {
         Cmd::Launch { allow_weaker } => {
             ExitCode::from(stockade_agent::launcher::main(allow_weaker) as u8)
         }
-        Cmd::Run(args) => run(args),
+        Cmd::Run(args) => run(*args),
         Cmd::Policy(PolicyCmd::Check { file }) => match load_policy(Some(&file)) {
             Ok(_) => {
                 println!("{}: ok", file.display());
@@ -162,21 +162,21 @@ fn run(args: flags::RunArgs) -> ExitCode {
         }
     };
     let mut err = std::io::stderr().lock();
-    if args.verbose {
-        if let Some(e) = &report.enforced {
-            let _ = writeln!(
-                err,
-                "stockade: sandbox {} enforced: uid {} gid {}, landlock {} (kernel ABI {}), seccomp {}, no_new_privs {}, capabilities dropped {}",
-                report.id,
-                e.uid,
-                e.gid,
-                e.landlock,
-                e.landlock_kernel_abi,
-                e.seccomp,
-                e.no_new_privs,
-                e.capabilities_dropped
-            );
-        }
+    if args.verbose
+        && let Some(e) = &report.enforced
+    {
+        let _ = writeln!(
+            err,
+            "stockade: sandbox {} enforced: uid {} gid {}, landlock {} (kernel ABI {}), seccomp {}, no_new_privs {}, capabilities dropped {}",
+            report.id,
+            e.uid,
+            e.gid,
+            e.landlock,
+            e.landlock_kernel_abi,
+            e.seccomp,
+            e.no_new_privs,
+            e.capabilities_dropped
+        );
     }
     for n in &report.notices {
         let _ = writeln!(err, "stockade: {n}");

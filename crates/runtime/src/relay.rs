@@ -131,10 +131,10 @@ pub fn input(mut to: std::fs::File) {
 pub fn signals(tx: Sender<Event>) {
     std::thread::spawn(move || {
         loop {
-            let mut set = termination_set();
+            let set = termination_set();
             let mut sig = 0;
             // SAFETY: `set` and `sig` are valid for the call; sigwait only reads/writes them.
-            let r = unsafe { libc::sigwait(&mut set, &mut sig) };
+            let r = unsafe { libc::sigwait(&set, &mut sig) };
             if r == 0 && tx.send(Event::Signal(sig)).is_err() {
                 return;
             }
