@@ -49,7 +49,7 @@ const MEANINGS: &[(&str, &str)] = &[
     ),
     (
         "process.env_pass",
-        "host environment variables passed through by name (PATH, LANG, TERM, TZ are passed anyway; HOME is the sandbox's own)",
+        "host environment variables passed through by name (LANG, TERM, TZ are passed anyway; PATH and HOME are the sandbox's own)",
     ),
     (
         "limits.memory",
