@@ -246,6 +246,9 @@ fn spawn(plan: &SandboxPlan) -> Result<i32, (i32, String)> {
             libc::sigemptyset(&mut set);
             libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
             libc::setsid();
+            // PID 1's non-dumpable flag was inherited: while it is set, /proc/self belongs to
+            // root and the write below would fail. exec resets it anyway.
+            libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
             let adj = b"500";
             let f = libc::open(
                 c"/proc/self/oom_score_adj".as_ptr(),
