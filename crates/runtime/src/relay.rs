@@ -198,7 +198,7 @@ pub fn disk_watch(root: PathBuf, budget: u64, tx: Sender<Event>) -> Arc<AtomicBo
         while !done.load(Ordering::SeqCst) {
             let t = Instant::now();
             let now = usage(&root);
-            if now.saturating_sub(baseline) > budget {
+            if now.saturating_sub(baseline) >= budget {
                 let _ = tx.send(Event::DiskLimit);
                 return;
             }
