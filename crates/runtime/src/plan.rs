@@ -376,11 +376,9 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
         cwd: ws.clone(),
         argv: argv.to_vec(),
         env: environment(policy, &host.env),
-        rlimits: vec![
-            Rlimit::NoFile(l.open_files),
-            Rlimit::Core(0),
-            Rlimit::FileSize(l.disk.0),
-        ],
+        // No RLIMIT_FSIZE: one file may use the whole budget, and reaching the budget must end in
+        // ENOSPC (tmpfs) or the watcher's named stop, never a silent SIGXFSZ.
+        rlimits: vec![Rlimit::NoFile(l.open_files), Rlimit::Core(0)],
         cgroup_procs: extras.cgroup_procs,
         cgroup_dirs: extras.cgroup_dirs,
         landlock,
