@@ -3,6 +3,9 @@
 
 mod doctor;
 mod flags;
+mod gc;
+mod ls;
+mod trace;
 
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -16,6 +19,10 @@ const EXIT_STOCKADE: u8 = 125;
 #[derive(Parser)]
 #[command(name = "stockade", version, about = "Run code an AI agent wrote in a throwaway sandbox", long_about = None)]
 struct Cli {
+    /// State directory (audit logs) [default: $STOCKADE_STATE_DIR, /var/lib/stockade for root,
+    /// else $XDG_STATE_HOME/stockade or ~/.local/state/stockade]
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -34,6 +41,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show what a sandbox did, as a timeline tree (sandbox → commands → their events).
+    Trace(trace::TraceArgs),
+    /// List recent sandboxes with status and duration.
+    #[command(alias = "runs")]
+    Ls(ls::LsArgs),
+    /// Remove old audit logs from the state directory (by age and total size).
+    Gc(gc::GcArgs),
     #[command(name = "__launch", hide = true)]
     Launch {
         #[arg(long = "allow-weaker-isolation")]
@@ -51,6 +65,10 @@ enum PolicyCmd {
         #[command(flatten)]
         overrides: Box<flags::OverrideArgs>,
     },
+}
+
+fn state_dir(explicit: Option<&std::path::Path>) -> stockade_audit::StateDir {
+    stockade_audit::StateDir::resolve(explicit)
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -118,6 +136,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Doctor { json } => doctor::run(json),
+        Cmd::Trace(a) => trace::run(&state_dir(cli.state_dir.as_deref()), a),
+        Cmd::Ls(a) => ls::run(&state_dir(cli.state_dir.as_deref()), a),
+        Cmd::Gc(a) => gc::run(&state_dir(cli.state_dir.as_deref()), a),
     }
 }
 
