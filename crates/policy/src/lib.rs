@@ -1,9 +1,10 @@
 //! # stockade-policy: the sandbox policy model
 //!
 //! A policy says what a sandbox may see and use: the workspace, extra mounts and `/etc` entries,
-//! identity and environment, resource limits, kernel walls and network mode. This crate parses
-//! it from TOML text (the caller reads the file), validates it, merges command-line overrides,
-//! prints it back as commented TOML, and gives it a stable digest for the audit record.
+//! identity and environment, resource limits, kernel walls, network mode, and what the audit
+//! trail records and redacts. This crate parses it from TOML text (the caller reads the file),
+//! validates it, merges command-line overrides, prints it back as commented TOML, and gives it a
+//! stable digest for the audit record.
 //!
 //! ## What it guarantees
 //!
@@ -28,6 +29,9 @@
 //! It does not check that paths exist, that the host can give a limit, or that the workspace
 //! (once resolved against the real current directory) is not the user's home: the runtime does,
 //! with [`check_workspace_dir`]. It does not know which `/etc` entries the curated `/etc` holds.
+//! Likewise it does not check that an absolute `audit.sensitive` path lies in the workspace or
+//! under a mount target (the workspace is only known once resolved): the runtime does, with
+//! [`check_sensitive_paths`]. Whether the host allows fanotify is the runtime's question too.
 //!
 //! ## How it is tested
 //!
@@ -51,13 +55,13 @@ mod validate;
 pub use duration::{format_duration, parse_duration};
 pub use error::{PolicyError, PolicyErrors};
 pub use model::{
-    Filesystem, Level, Limits, Mount, MountMode, Network, NetworkMode, Policy, Process, Security,
-    Workspace, WorkspaceMode,
+    Audit, Filesystem, Level, Limits, Mount, MountMode, Network, NetworkMode, Policy, Process,
+    Security, Workspace, WorkspaceMode,
 };
 pub use overrides::{FLAGS, Overrides};
 pub use show::describe_defaults;
 pub use size::ByteSize;
-pub use validate::{ETC_DENYLIST, check_workspace_dir, is_system_path};
+pub use validate::{ETC_DENYLIST, check_sensitive_paths, check_workspace_dir, is_system_path};
 
 /// Valid keys per table, as `(table, keys)`; `""` is the top level. For tests and tooling.
 pub const SCHEMA: &[(&str, &[&str])] = &[
@@ -69,6 +73,7 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
     ("limits", spans::LIMITS_KEYS),
     ("security", spans::SECURITY_KEYS),
     ("network", spans::NETWORK_KEYS),
+    ("audit", spans::AUDIT_KEYS),
 ];
 
 impl Policy {

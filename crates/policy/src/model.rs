@@ -27,6 +27,7 @@ pub struct Policy {
     pub limits: Limits,
     pub security: Security,
     pub network: Network,
+    pub audit: Audit,
 }
 
 impl Default for Policy {
@@ -40,6 +41,7 @@ impl Default for Policy {
             limits: Limits::default(),
             security: Security::default(),
             network: Network::default(),
+            audit: Audit::default(),
         }
     }
 }
@@ -276,6 +278,31 @@ impl NetworkMode {
             NetworkMode::None => "none",
             NetworkMode::Allowlist => "allowlist",
             NetworkMode::Open => "open",
+        }
+    }
+}
+
+/// What the audit trail records and hides.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Audit {
+    /// Write the audit trail (JSONL sinks; OTLP when configured). `false` is allowed, but the
+    /// runtime prints a notice.
+    pub enabled: bool,
+    /// Names of environment variables whose values are replaced by `[REDACTED]` in every sink.
+    pub redact_env: Vec<String>,
+    /// Paths whose reads are recorded as `file.read` events (where the host allows fanotify).
+    /// Relative paths are inside the workspace; absolute ones must be the workspace or under it,
+    /// or under a `filesystem.mounts` target (checked by the runtime, which knows the workspace).
+    pub sensitive: Vec<PathBuf>,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit {
+            enabled: true,
+            redact_env: Vec::new(),
+            sensitive: Vec::new(),
         }
     }
 }

@@ -33,6 +33,12 @@ pub struct Overrides {
     pub allow_weaker_isolation: Option<bool>,
     pub seccomp: Option<bool>,
     pub landlock: Option<bool>,
+    /// `audit.enabled` (`--no-audit` sets `Some(false)`).
+    pub audit: Option<bool>,
+    /// Added to `audit.redact_env` (duplicates ignored).
+    pub redact_env: Vec<String>,
+    /// Added to `audit.sensitive`.
+    pub sensitive: Vec<PathBuf>,
 }
 
 /// The flag the CLI is expected to offer for each policy key (used to name flags in errors).
@@ -59,6 +65,9 @@ pub const FLAGS: &[(&str, &str)] = &[
     ),
     ("security.seccomp", "--seccomp"),
     ("security.landlock", "--landlock"),
+    ("audit.enabled", "--no-audit"),
+    ("audit.redact_env", "--redact-env"),
+    ("audit.sensitive", "--sensitive"),
 ];
 
 fn flag(key: &str) -> &'static str {
@@ -123,6 +132,7 @@ impl Policy {
         );
         take!(o.seccomp, p.security.seccomp, "security.seccomp");
         take!(o.landlock, p.security.landlock, "security.landlock");
+        take!(o.audit, p.audit.enabled, "audit.enabled");
 
         for (k, v) in &o.env {
             p.process.env.insert(k.clone(), v.clone());
@@ -136,6 +146,22 @@ impl Policy {
                     "--env-pass",
                 ));
             }
+        }
+        for name in &o.redact_env {
+            if !p.audit.redact_env.contains(name) {
+                p.audit.redact_env.push(name.clone());
+                set.push((
+                    format!("audit.redact_env[{}]", p.audit.redact_env.len() - 1),
+                    "--redact-env",
+                ));
+            }
+        }
+        for path in &o.sensitive {
+            p.audit.sensitive.push(path.clone());
+            set.push((
+                format!("audit.sensitive[{}]", p.audit.sensitive.len() - 1),
+                "--sensitive",
+            ));
         }
         if !o.mounts.is_empty() {
             p.filesystem

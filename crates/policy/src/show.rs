@@ -87,6 +87,18 @@ const MEANINGS: &[(&str, &str)] = &[
         "network.mode",
         "network: none = loopback only (allowlist and open are not implemented yet)",
     ),
+    (
+        "audit.enabled",
+        "write the audit trail (JSONL sinks; OTLP when configured); false is allowed but loud: the runtime prints a notice (--no-audit)",
+    ),
+    (
+        "audit.redact_env",
+        "names of environment variables whose values are replaced by [REDACTED] in every audit sink (the value comes from process.env, or from the host for env_pass names)",
+    ),
+    (
+        "audit.sensitive",
+        "paths whose reads are recorded as file.read events (where the host allows fanotify: root); relative = inside the workspace; absolute = the workspace or under it, or under a filesystem.mounts target",
+    ),
 ];
 
 /// `(key, default, meaning)` for every knob, in file order.
@@ -104,6 +116,7 @@ fn value_text(p: &Policy, key: &str) -> Option<String> {
     let pr = &p.process;
     let l = &p.limits;
     let s = &p.security;
+    let a = &p.audit;
     Some(match key {
         "version" => p.version.to_string(),
         "level" => quote(p.level.as_str()),
@@ -141,6 +154,9 @@ fn value_text(p: &Policy, key: &str) -> Option<String> {
         "security.landlock" => s.landlock.to_string(),
         "security.allow_weaker_isolation" => s.allow_weaker_isolation.to_string(),
         "network.mode" => quote(p.network.mode.as_str()),
+        "audit.enabled" => a.enabled.to_string(),
+        "audit.redact_env" => array(a.redact_env.iter().map(|s| quote(s))),
+        "audit.sensitive" => array(a.sensitive.iter().map(|p| quote_path(p))),
         _ => return None,
     })
 }

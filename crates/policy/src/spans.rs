@@ -30,6 +30,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "limits",
     "security",
     "network",
+    "audit",
 ];
 pub(crate) const WORKSPACE_KEYS: &[&str] = &["path", "mode", "protect_git", "allow_system_path"];
 pub(crate) const FILESYSTEM_KEYS: &[&str] = &["mounts", "etc_extra"];
@@ -47,6 +48,7 @@ pub(crate) const LIMITS_KEYS: &[&str] = &[
 ];
 pub(crate) const SECURITY_KEYS: &[&str] = &["seccomp", "landlock", "allow_weaker_isolation"];
 pub(crate) const NETWORK_KEYS: &[&str] = &["mode"];
+pub(crate) const AUDIT_KEYS: &[&str] = &["enabled", "redact_env", "sensitive"];
 
 type Val<'i> = Spanned<DeValue<'i>>;
 
@@ -139,6 +141,17 @@ pub(crate) fn read(src: &str, origin: &str) -> (Policy, SpanMap, Vec<PolicyError
             }),
             "network" => w.table("network", v, NETWORK_KEYS, |w, _, v| {
                 w.field(&mut p.network.mode, "network.mode", v)
+            }),
+            "audit" => w.table("audit", v, AUDIT_KEYS, |w, k, v| match k {
+                "enabled" => w.field(&mut p.audit.enabled, "audit.enabled", v),
+                "redact_env" => {
+                    w.field(&mut p.audit.redact_env, "audit.redact_env", v);
+                    w.element_spans("audit.redact_env", v);
+                }
+                _ => {
+                    w.field(&mut p.audit.sensitive, "audit.sensitive", v);
+                    w.element_spans("audit.sensitive", v);
+                }
             }),
             _ => w.unknown("", name, k.span(), TOP_KEYS),
         }

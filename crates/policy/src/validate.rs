@@ -41,7 +41,7 @@ const SYSTEM_TREES: &[&str] = &[
     "/etc", "/bin", "/sbin", "/boot", "/dev", "/proc", "/sys", "/lib", "/lib32", "/lib64",
     "/libx32",
 ];
-/// Sandbox paths that a mount may not cover.
+/// Sandbox paths that a mount may not cover, nor an `audit.sensitive` path name.
 const RESERVED_TARGETS: &[&str] = &["/proc", "/dev", "/sys"];
 
 const MIN_MEMORY: ByteSize = ByteSize::mib(32);
@@ -54,6 +54,7 @@ pub(crate) fn issues(p: &Policy) -> Vec<Issue> {
     process(p, &mut out);
     limits(p, &mut out);
     security(p, &mut out);
+    audit(p, &mut out);
     out
 }
 
@@ -419,4 +420,87 @@ fn security(p: &Policy, out: &mut Vec<Issue>) {
             ));
         }
     }
+}
+
+fn audit(p: &Policy, out: &mut Vec<Issue>) {
+    let a = &p.audit;
+    for (i, name) in a.redact_env.iter().enumerate() {
+        let key = format!("audit.redact_env[{i}]");
+        if let Some(m) = env_name_problem(name) {
+            out.push(Issue::new(
+                key,
+                format!("{m}; list variable names only, e.g. \"API_TOKEN\""),
+            ));
+        } else if a.redact_env[..i].contains(name) {
+            out.push(Issue::new(
+                key,
+                format!("{name} is listed twice in audit.redact_env; keep one"),
+            ));
+        }
+    }
+    for (i, path) in a.sensitive.iter().enumerate() {
+        if let Some(m) = sensitive_problem(path) {
+            out.push(Issue::new(format!("audit.sensitive[{i}]"), m));
+        }
+    }
+}
+
+fn sensitive_problem(path: &Path) -> Option<String> {
+    let Some(text) = path.to_str() else {
+        return Some("path is not valid UTF-8".into());
+    };
+    if text.is_empty() {
+        return Some(
+            "path is empty; name a file or directory, relative to the workspace (e.g. \".env\") \
+             or absolute"
+                .into(),
+        );
+    }
+    if text.contains('\0') {
+        return Some("path contains a NUL byte; remove it".into());
+    }
+    if has_dotdot(path) {
+        return Some(format!(
+            "path {text:?} must not contain \"..\"; write it without (relative paths are inside \
+             the workspace)"
+        ));
+    }
+    let norm: std::path::PathBuf = path.components().collect();
+    if let Some(r) = RESERVED_TARGETS.iter().find(|r| norm.starts_with(r)) {
+        return Some(format!(
+            "{} is under {r}, which the sandbox manages itself; list a path in the workspace or \
+             under a filesystem.mounts target",
+            norm.display()
+        ));
+    }
+    None
+}
+
+/// The `audit.sensitive` check the caller repeats once it has resolved the workspace directory
+/// (`workspace`, absolute): every absolute entry must be the workspace or under it, or under a
+/// `filesystem.mounts` target. Lexical, like [`check_workspace_dir`]; relative entries always
+/// pass (they are inside the workspace by construction, `..` being refused by validation).
+pub fn check_sensitive_paths(p: &Policy, workspace: &Path) -> Result<(), String> {
+    let ws: std::path::PathBuf = workspace.components().collect();
+    for (i, path) in p.audit.sensitive.iter().enumerate() {
+        if !path.is_absolute() {
+            continue;
+        }
+        let norm: std::path::PathBuf = path.components().collect();
+        let inside = norm.starts_with(&ws)
+            || p.filesystem.mounts.iter().any(|m| {
+                let t: std::path::PathBuf = m.target().components().collect();
+                norm.starts_with(t)
+            });
+        if !inside {
+            return Err(format!(
+                "audit.sensitive[{i}]: {} is neither in the workspace {} nor under a \
+                 filesystem.mounts target, so the sandbox cannot read it; make it relative to the \
+                 workspace, or add a mount that covers it",
+                norm.display(),
+                ws.display()
+            ));
+        }
+    }
+    Ok(())
 }

@@ -13,7 +13,8 @@ fn file() -> Policy {
         "[workspace]\npath = \"proj\"\nmode = \"ro\"\n\
          [filesystem]\nmounts = [{ host = \"/opt/a\", path = \"/data\" }, { host = \"/opt/b\" }]\n\
          [process]\nenv = { A = \"file\", B = \"file\" }\nenv_pass = [\"LC_ALL\"]\n\
-         [limits]\nmemory = \"512MiB\"\npids = 100\n",
+         [limits]\nmemory = \"512MiB\"\npids = 100\n\
+         [audit]\nredact_env = [\"TOKEN\"]\nsensitive = [\".env\"]\n",
         "policy.toml",
     )
     .unwrap()
@@ -53,6 +54,9 @@ fn flags_win_over_the_file() {
         allow_weaker_isolation: Some(true),
         seccomp: Some(false),
         landlock: Some(false),
+        audit: Some(false),
+        redact_env: vec!["TOKEN".into(), "AWS_SECRET_ACCESS_KEY".into()],
+        sensitive: vec!["secrets/key.pem".into()],
     };
     p.apply(&o).unwrap();
     assert_eq!(p.workspace.path, Some(PathBuf::from("other")));
@@ -82,6 +86,13 @@ fn flags_win_over_the_file() {
         [("/opt/b", MountMode::Ro), ("/opt/c", MountMode::Rw)]
     );
     assert!(!p.security.seccomp && !p.security.landlock && p.security.allow_weaker_isolation);
+    assert!(!p.audit.enabled);
+    // Appended after the file's entries; a name already listed is not repeated.
+    assert_eq!(p.audit.redact_env, ["TOKEN", "AWS_SECRET_ACCESS_KEY"]);
+    assert_eq!(
+        p.audit.sensitive,
+        [PathBuf::from(".env"), PathBuf::from("secrets/key.pem")]
+    );
     // Untouched keys keep the file's values.
     assert_eq!(p.process.hostname, "stockade");
 }
@@ -192,9 +203,54 @@ fn problems_not_from_a_flag_are_reported_against_the_policy() {
 #[test]
 fn flags_table_covers_every_override() {
     let keys: Vec<&str> = FLAGS.iter().map(|(k, _)| *k).collect();
-    assert_eq!(keys.len(), 19);
+    assert_eq!(keys.len(), 22);
     let described: Vec<&str> = describe_defaults().iter().map(|(k, _, _)| *k).collect();
     for k in keys {
         assert!(described.contains(&k), "{k}");
     }
+}
+
+#[test]
+fn audit_flags_override_the_file_and_errors_name_them() {
+    let mut p = Policy::from_toml("[audit]\nenabled = false\n", "policy.toml").unwrap();
+    // No flag: the file's value stands. A flag wins over the file in either direction.
+    p.apply(&Overrides::default()).unwrap();
+    assert!(!p.audit.enabled);
+    p.apply(&Overrides {
+        audit: Some(true),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(p.audit.enabled);
+    let mut q = file();
+    q.apply(&Overrides {
+        audit: Some(false),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(!q.audit.enabled);
+
+    let mut p = file();
+    let e = p
+        .apply(&Overrides {
+            redact_env: vec!["A=B".into()],
+            sensitive: vec!["/proc/self/environ".into(), "../up".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+    let got: Vec<(&str, &str)> =
+        e.0.iter()
+            .map(|e| (e.origin.as_str(), e.key.as_deref().unwrap()))
+            .collect();
+    assert_eq!(
+        got,
+        [
+            ("--redact-env", "audit.redact_env[1]"),
+            ("--sensitive", "audit.sensitive[1]"),
+            ("--sensitive", "audit.sensitive[2]"),
+        ],
+        "{e}"
+    );
+    assert!(e.0[1].message.contains("under /proc"), "{e}");
+    assert_eq!(p, file(), "a failed apply must not change the policy");
 }

@@ -57,6 +57,12 @@ fn samples_say_what_they_claim() {
     assert_eq!(strict.limits.memory, ByteSize::mib(256));
     assert!(strict.limits.memory < Policy::default().limits.memory);
     assert!(strict.limits.pids < Policy::default().limits.pids);
+    assert!(strict.audit.enabled);
+    assert_eq!(
+        strict.audit.redact_env,
+        ["API_TOKEN", "AWS_SECRET_ACCESS_KEY"]
+    );
+    assert_eq!(strict.audit.sensitive, [PathBuf::from(".env")]);
     let overlay = Policy::from_toml(&read("overlay.toml"), "overlay.toml").unwrap();
     assert_eq!(overlay.workspace.mode, WorkspaceMode::Overlay);
     assert_eq!(overlay.process.env.get("CI").map(String::as_str), Some("1"));

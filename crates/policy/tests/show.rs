@@ -63,6 +63,11 @@ fn everything() -> Policy {
         network: Network {
             mode: NetworkMode::None,
         },
+        audit: Audit {
+            enabled: false,
+            redact_env: vec!["API_TOKEN".into(), "with space \"q\"".into()],
+            sensitive: vec![".env".into(), "/data/keys \"x\"".into()],
+        },
     }
 }
 
@@ -90,6 +95,7 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(d.limits.open_files, 1024);
     assert!(d.security.seccomp && d.security.landlock && !d.security.allow_weaker_isolation);
     assert_eq!(d.network.mode, NetworkMode::None);
+    assert!(d.audit.enabled && d.audit.redact_env.is_empty() && d.audit.sensitive.is_empty());
 }
 
 #[test]
@@ -106,7 +112,7 @@ fn to_toml_round_trips() {
 fn to_toml_comments_every_key_from_describe_defaults() {
     let text = everything().to_toml();
     let defaults = describe_defaults();
-    assert_eq!(defaults.len(), 25);
+    assert_eq!(defaults.len(), 28);
     for (key, default, meaning) in &defaults {
         let name = key.rsplit('.').next().unwrap();
         let comment = format!("# {meaning}. Default: {default}.\n");
@@ -121,6 +127,29 @@ fn to_toml_comments_every_key_from_describe_defaults() {
     assert_eq!(d["limits.timeout"], "\"10m\"");
     assert_eq!(d["workspace.path"], "the current directory");
     assert_eq!(d["security.seccomp"], "true");
+    assert_eq!(d["audit.enabled"], "true");
+    assert_eq!(d["audit.redact_env"], "[]");
+    assert_eq!(d["audit.sensitive"], "[]");
+}
+
+#[test]
+fn audit_section_is_shown_last_and_round_trips() {
+    let p = everything();
+    let text = p.to_toml();
+    let at = text.find("\n[audit]\n").expect("an [audit] section");
+    assert!(text[..at].contains("\n[network]\n"), "{text}");
+    let tail = &text[at..];
+    assert!(tail.contains("\nenabled = false\n"), "{tail}");
+    assert!(
+        tail.contains("\nredact_env = [\"API_TOKEN\", \"with space \\\"q\\\"\"]\n"),
+        "{tail}"
+    );
+    assert!(
+        tail.contains("\nsensitive = [\".env\", \"/data/keys \\\"x\\\"\"]\n"),
+        "{tail}"
+    );
+    let back = Policy::from_toml(&text, "shown.toml").unwrap();
+    assert_eq!(back.audit, p.audit);
 }
 
 #[test]
@@ -194,7 +223,7 @@ fn digest_is_stable_and_sensitive() {
     // Pinned: changing it changes every audit record's policy digest; do it on purpose.
     assert_eq!(
         d,
-        "2dc8226badb67ed95d6e40b4d8f1e09f07cf0becf7aeaa069bb17c4f0c01b256"
+        "7dd03f4ced07928558ec2ef92d4d1102474e8dd15954ac2d60d7cb1909d07670"
     );
     let mut p = Policy::default();
     p.limits.pids += 1;

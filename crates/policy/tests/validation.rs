@@ -543,3 +543,137 @@ fn workspace_resolves_lexically_against_the_base() {
     p.workspace.path = Some("..".into());
     assert_eq!(p.workspace.resolve(base), PathBuf::from("/home/me/repo/.."));
 }
+
+#[test]
+fn audit_section_parses() {
+    let p = ok(
+        "[audit]\nenabled = false\nredact_env = [\"API_TOKEN\", \"GH_TOKEN\"]\n\
+                sensitive = [\".env\", \"secrets/\", \"/data/keys\"]\n",
+    );
+    assert!(!p.audit.enabled);
+    assert_eq!(p.audit.redact_env, ["API_TOKEN", "GH_TOKEN"]);
+    let want: Vec<std::path::PathBuf> = vec![".env".into(), "secrets/".into(), "/data/keys".into()];
+    assert_eq!(p.audit.sensitive, want);
+    // Absent keys keep their defaults; turning the audit off is allowed without an opt-in.
+    let p = ok("[audit]\nredact_env = [\"X\"]\n");
+    assert!(p.audit.enabled && p.audit.sensitive.is_empty());
+    ok("[audit]\nenabled = false\n");
+    ok("[audit]\nsensitive = [\".\", \"./a/./b\", \"/procfs/x\", \"/devices\"]\n");
+    rejects("[audit]\nenabled = \"no\"", "audit.enabled", "invalid type");
+    rejects("audit = true", "audit", "must be a table");
+}
+
+#[test]
+fn audit_unknown_key_lists_valid_keys() {
+    let e = one("[audit]\nenabled = true\nredact = [\"X\"]\n");
+    assert_eq!(
+        e.to_string(),
+        "policy.toml:3:1: audit.redact: unknown key `redact` in [audit]; valid keys are: \
+         enabled, redact_env, sensitive"
+    );
+}
+
+#[test]
+fn audit_redact_env_rules() {
+    let e = one("[audit]\nredact_env = [\"OK\", \"A=B\"]\n");
+    assert_eq!(
+        e.to_string(),
+        "policy.toml:2:21: audit.redact_env[1]: environment variable name contains '='; \
+         list variable names only, e.g. \"API_TOKEN\""
+    );
+    rejects(
+        "[audit]\nredact_env = [\"\"]",
+        "audit.redact_env[0]",
+        "name is empty",
+    );
+    rejects(
+        "[audit]\nredact_env = [\"A\\u0000\"]",
+        "audit.redact_env[0]",
+        "NUL",
+    );
+    let e = one("[audit]\nredact_env = [\n  \"TOKEN\",\n  \"PATH\",\n  \"TOKEN\",\n]\n");
+    assert_eq!(e.key.as_deref(), Some("audit.redact_env[2]"));
+    assert_eq!((e.line, e.column), (Some(5), Some(3)));
+    assert_eq!(
+        e.message,
+        "TOKEN is listed twice in audit.redact_env; keep one"
+    );
+    rejects(
+        "[audit]\nredact_env = \"TOKEN\"",
+        "audit.redact_env",
+        "invalid type",
+    );
+}
+
+#[test]
+fn audit_sensitive_rules() {
+    let e = one("[audit]\nsensitive = [\".env\", \"/sys/kernel\"]\n");
+    assert_eq!(
+        e.to_string(),
+        "policy.toml:2:22: audit.sensitive[1]: /sys/kernel is under /sys, which the sandbox \
+         manages itself; list a path in the workspace or under a filesystem.mounts target"
+    );
+    for reserved in ["/proc", "/proc/self/environ", "/dev/shm", "//sys/./fs"] {
+        let src = format!("[audit]\nsensitive = [\"{reserved}\"]");
+        rejects(
+            &src,
+            "audit.sensitive[0]",
+            "which the sandbox manages itself",
+        );
+    }
+    let e = one("[audit]\nsensitive = [\n  \"a\",\n  \"../outside\",\n]\n");
+    assert_eq!(e.key.as_deref(), Some("audit.sensitive[1]"));
+    assert_eq!((e.line, e.column), (Some(4), Some(3)));
+    assert!(e.message.contains("must not contain \"..\""), "{e}");
+    rejects(
+        "[audit]\nsensitive = [\"/data/../etc/shadow\"]",
+        "audit.sensitive[0]",
+        "must not contain \"..\"",
+    );
+    rejects(
+        "[audit]\nsensitive = [\"\"]",
+        "audit.sensitive[0]",
+        "path is empty; name a file or directory",
+    );
+    rejects(
+        "[audit]\nsensitive = [\"a\\u0000b\"]",
+        "audit.sensitive[0]",
+        "NUL byte; remove it",
+    );
+}
+
+#[test]
+fn audit_sensitive_non_utf8_from_code_is_rejected() {
+    use std::os::unix::ffi::OsStrExt;
+    let mut p = Policy::default();
+    p.audit
+        .sensitive
+        .push(std::ffi::OsStr::from_bytes(b"/tmp/\xff").into());
+    let e = p.validate().unwrap_err();
+    assert_eq!(e.0.len(), 1);
+    assert_eq!(e.0[0].key.as_deref(), Some("audit.sensitive[0]"));
+    assert!(e.0[0].message.contains("UTF-8"));
+}
+
+#[test]
+fn absolute_sensitive_paths_must_be_in_the_workspace_or_a_mount() {
+    use std::path::Path;
+    let p = ok(
+        "[filesystem]\nmounts = [{ host = \"/opt/data\", path = \"/data\" }]\n\
+                [audit]\nsensitive = [\".env\", \"/home/me/repo/secrets\", \"/home/me/repo\", \"/data/keys\"]\n",
+    );
+    stockade_policy::check_sensitive_paths(&p, Path::new("/home/me/repo")).unwrap();
+    let e = stockade_policy::check_sensitive_paths(&p, Path::new("/home/me/other")).unwrap_err();
+    assert!(
+        e.starts_with(
+            "audit.sensitive[1]: /home/me/repo/secrets is neither in the workspace /home/me/other"
+        ),
+        "{e}"
+    );
+    // A path that only shares a prefix string is not under the mount target.
+    let p = ok(
+        "[filesystem]\nmounts = [{ host = \"/opt/data\", path = \"/data\" }]\n\
+                [audit]\nsensitive = [\"/database\"]\n",
+    );
+    assert!(stockade_policy::check_sensitive_paths(&p, Path::new("/w")).is_err());
+}
