@@ -106,6 +106,9 @@ pub enum EventKind {
         clean: bool,
         leftovers: Vec<String>,
         duration_ms: u64,
+        /// Why the sandbox could not be built or supervised (reason = error).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
     #[serde(rename = "exec.started")]
     ExecStarted {

@@ -15,6 +15,9 @@ pub struct RunArgs {
     /// Print what was enforced.
     #[arg(long, short)]
     pub verbose: bool,
+    /// Export the audit events as OpenTelemetry traces over OTLP/HTTP to URL [default: $OTEL_EXPORTER_OTLP_ENDPOINT]
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     #[command(flatten)]
     pub overrides: OverrideArgs,
     /// The command and its arguments.
@@ -78,6 +81,15 @@ pub struct OverrideArgs {
     /// Turn the seccomp filter on or off (off needs --allow-weaker-isolation).
     #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
     pub seccomp: Option<String>,
+    /// Do not write the audit trail (printed as a notice).
+    #[arg(long)]
+    pub no_audit: bool,
+    /// Replace the value of host/policy variable K by [REDACTED] in every audit sink (repeatable).
+    #[arg(long = "redact-env", value_name = "K")]
+    pub redact_env: Vec<String>,
+    /// Record reads of PATH (workspace-relative or absolute) as file.read events, where fanotify is available (repeatable).
+    #[arg(long = "sensitive", value_name = "PATH")]
+    pub sensitive: Vec<PathBuf>,
     /// Turn Landlock on or off (off needs --allow-weaker-isolation).
     #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
     pub landlock: Option<String>,
@@ -160,6 +172,9 @@ impl OverrideArgs {
             allow_weaker_isolation: self.allow_weaker_isolation.then_some(true),
             seccomp: on(&self.seccomp),
             landlock: on(&self.landlock),
+            audit: self.no_audit.then_some(false),
+            redact_env: self.redact_env.clone(),
+            sensitive: self.sensitive.clone(),
         })
     }
 }

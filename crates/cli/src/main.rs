@@ -109,7 +109,7 @@ fn main() -> ExitCode {
         Cmd::Launch { allow_weaker } => {
             ExitCode::from(stockade_agent::launcher::main(allow_weaker) as u8)
         }
-        Cmd::Run(args) => run(*args),
+        Cmd::Run(args) => run(*args, state_dir(cli.state_dir.as_deref())),
         Cmd::Policy(PolicyCmd::Check { file }) => match load_policy(Some(&file)) {
             Ok(_) => {
                 println!("{}: ok", file.display());
@@ -142,7 +142,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: flags::RunArgs) -> ExitCode {
+fn run(args: flags::RunArgs, state: stockade_audit::StateDir) -> ExitCode {
     let mut policy = match load_policy(args.policy.as_ref()) {
         Ok(p) => p,
         Err(e) => return fail(e),
@@ -173,8 +173,15 @@ fn run(args: flags::RunArgs) -> ExitCode {
         }
         _ => None,
     };
-    let opts = stockade_runtime::RunOptions { base_dir };
-    let report = match stockade_runtime::run(&policy, &args.command, &opts) {
+    let audit = policy
+        .audit
+        .enabled
+        .then(|| stockade_runtime::audit::AuditOptions {
+            state,
+            observers: Vec::new(),
+        });
+    let opts = stockade_runtime::RunOptions { base_dir, audit };
+    let report = match stockade_runtime::run(&policy, &args.command, opts) {
         Ok(r) => r,
         Err(e) => {
             let code = e.exit_code();

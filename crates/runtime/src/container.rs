@@ -4,6 +4,7 @@
 //! (`spawn.rs`), hands it the plan, relays stdio, enforces the wall-clock timeout and the output
 //! cap, and afterwards verifies the teardown (launcher reaped, cgroup gone) instead of assuming it.
 
+use crate::audit::{self, Audit};
 use crate::error::RunError;
 use crate::plan::{self, Extras, HostFacts};
 use crate::relay::{self, Event};
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use stockade_agent::protocol::{AgentMsg, Change, SupervisorMsg, Termination, write_frame};
+use stockade_audit::{DestroyReason, EventKind, Limit};
 use stockade_jail::cgroup::{self, Cgroup, Layout, Limits};
 use stockade_jail::confine::Enforced;
 use stockade_jail::seccomp::SeccompProgram;
@@ -44,12 +46,16 @@ pub struct RunReport {
     /// Things teardown could not remove (empty when clean).
     pub leftovers: Vec<String>,
     pub duration: Duration,
+    /// The sandbox's audit log, when auditing is on.
+    pub audit_log: Option<PathBuf>,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Default)]
 pub struct RunOptions {
     /// Where the policy file was, to resolve a relative workspace against (else the current dir).
     pub base_dir: Option<PathBuf>,
+    /// The audit trail; None only when the policy turned auditing off.
+    pub audit: Option<audit::AuditOptions>,
 }
 
 fn random_u64() -> u64 {
@@ -112,7 +118,7 @@ fn host_facts(workspace: PathBuf) -> HostFacts {
 }
 
 /// Runs `argv` in a fresh container-level sandbox under `policy` (already validated).
-pub fn run(policy: &Policy, argv: &[String], opts: &RunOptions) -> Result<RunReport, RunError> {
+pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<RunReport, RunError> {
     if argv.is_empty() {
         return Err(RunError::Usage(
             "no command given: stockade run [OPTIONS] -- CMD [ARGS]".into(),
@@ -151,6 +157,13 @@ pub fn run(policy: &Policy, argv: &[String], opts: &RunOptions) -> Result<RunRep
         None
     };
     let id = format!("{:016x}", random_u64());
+    let audit = match opts.audit.as_mut() {
+        Some(a) => Some(Audit::open(a, &id, policy).map_err(RunError::Audit)?),
+        None => {
+            notices.push("audit trail disabled by policy: nothing of this run is recorded".into());
+            None
+        }
+    };
     let limits = Limits {
         memory_bytes: Some(policy.limits.memory.0),
         swap_bytes: Some(policy.limits.swap.0),
@@ -181,11 +194,54 @@ pub fn run(policy: &Policy, argv: &[String], opts: &RunOptions) -> Result<RunRep
         seccomp,
     };
     let plan = plan::build(policy, argv, &host_facts(workspace.clone()), extras);
-    let result = supervise(policy, &plan, allow_weaker, cg.as_ref(), &workspace);
+    let weakenings: Vec<String> = notices
+        .iter()
+        .filter(|n| n.starts_with("weaker isolation"))
+        .cloned()
+        .collect();
+    let ctx = Ctx {
+        policy,
+        plan: &plan,
+        allow_weaker,
+        cg: cg.as_ref(),
+        workspace: &workspace,
+        audit: audit.as_ref(),
+        weakenings,
+    };
+    let result = supervise(&ctx);
     let leftovers = match cg {
         Some(cg) => cg.destroy().leftovers,
         None => Vec::new(),
     };
+    if let Some(a) = &audit {
+        let (reason, error) = match &result {
+            Ok(r) => (
+                match r.reason {
+                    EndReason::Exited => DestroyReason::Exit,
+                    EndReason::Timeout => DestroyReason::Timeout,
+                    EndReason::Signal(_) => DestroyReason::Killed,
+                    EndReason::Memory | EndReason::Output | EndReason::Disk => DestroyReason::Limit,
+                },
+                None,
+            ),
+            Err(RunError::Exec { .. }) => (DestroyReason::Exit, None),
+            Err(e) => (DestroyReason::Error, Some(e.to_string())),
+        };
+        a.emit(
+            None,
+            EventKind::SandboxDestroyed {
+                reason,
+                clean: leftovers.is_empty(),
+                leftovers: leftovers.clone(),
+                duration_ms: started.elapsed().as_millis() as u64,
+                error,
+            },
+        );
+        // The result is reported to the caller only once every event of the run is on disk.
+        if let Err(e) = a.finish() {
+            return Err(RunError::Audit(e));
+        }
+    }
     let mut report = result?;
     report.id = id;
     notices.append(&mut report.notices);
@@ -197,20 +253,41 @@ pub fn run(policy: &Policy, argv: &[String], opts: &RunOptions) -> Result<RunRep
     }
     report.leftovers = leftovers;
     report.duration = started.elapsed();
+    report.audit_log = audit.as_ref().map(|a| a.log_path().to_path_buf());
     Ok(report)
+}
+
+pub(crate) struct Ctx<'a> {
+    pub(crate) policy: &'a Policy,
+    pub(crate) plan: &'a stockade_jail::plan::SandboxPlan,
+    pub(crate) allow_weaker: bool,
+    pub(crate) cg: Option<&'a Cgroup>,
+    pub(crate) workspace: &'a Path,
+    pub(crate) audit: Option<&'a Audit>,
+    pub(crate) weakenings: Vec<String>,
 }
 
 fn human(b: ByteSize) -> String {
     b.to_string()
 }
 
-fn supervise(
-    policy: &Policy,
-    plan: &stockade_jail::plan::SandboxPlan,
-    allow_weaker: bool,
-    cg: Option<&Cgroup>,
-    workspace: &Path,
-) -> Result<RunReport, RunError> {
+fn supervise(ctx: &Ctx<'_>) -> Result<RunReport, RunError> {
+    let Ctx {
+        policy,
+        plan,
+        allow_weaker,
+        cg,
+        workspace,
+        audit,
+        ..
+    } = *ctx;
+    let exec_id = "e1";
+    // The rw workspace's "before" picture is taken while the launcher starts, and the plan (which
+    // the launcher waits for) is sent only once it is complete, so the command cannot run first.
+    let before = (audit.is_some() && policy.workspace.mode == WorkspaceMode::Rw).then(|| {
+        let ws = workspace.to_path_buf();
+        std::thread::spawn(move || crate::track::snapshot(&ws))
+    });
     let Launched {
         mut child,
         mut ctrl,
@@ -222,6 +299,7 @@ fn supervise(
     } = spawn_launcher(allow_weaker)
         .map_err(|e| RunError::Launch(format!("starting the launcher: {e}")))?;
     let body = serde_json::to_vec(plan).map_err(|e| RunError::Launch(e.to_string()))?;
+    let before = before.and_then(|h| h.join().ok());
     let wrote = plan_pipe.write_all(&body);
     drop(plan_pipe);
     if let Err(e) = wrote {
@@ -259,6 +337,8 @@ fn supervise(
         }
     };
     let mut setup_error = None;
+    let mut exec_started: Option<Instant> = None;
+    let mut violations: Option<crate::kmsg::Watch> = None;
     while outcome.is_none() {
         let now = Instant::now();
         let wait_until = match stopping {
@@ -267,7 +347,17 @@ fn supervise(
         };
         let ev = rx.recv_timeout(wait_until.saturating_duration_since(now));
         match ev {
-            Ok(Event::Agent(AgentMsg::Started { enforced: e, .. })) => enforced = Some(e),
+            Ok(Event::Agent(AgentMsg::Started { enforced: e, .. })) => {
+                exec_started = Some(Instant::now());
+                if let Some(a) = audit {
+                    a.emit(None, audit::created(ctx, &e));
+                    a.emit(Some(exec_id), audit::exec_started(plan));
+                    if let Some(uid) = plan.idmap_host_uid {
+                        violations = a.watch_violations(uid, exec_id);
+                    }
+                }
+                enforced = Some(e);
+            }
             Ok(Event::Agent(AgentMsg::SetupFailed { message })) => {
                 setup_error = Some(RunError::Setup(message));
                 outcome = Some((None, None));
@@ -329,6 +419,9 @@ fn supervise(
     // Every process of the sandbox is gone (PID 1 ended), so the pipes reach EOF; bounded anyway.
     relay::join_bounded(out_t, Duration::from_secs(2));
     relay::join_bounded(err_t, Duration::from_secs(2));
+    if let Some(v) = violations.take() {
+        v.finish();
+    }
     if let Some(e) = setup_error {
         return Err(e);
     }
@@ -346,24 +439,103 @@ fn supervise(
         }
     }
     let l = &policy.limits;
-    match &reason {
-        EndReason::Timeout => notices.push(format!(
-            "killed: timeout {} reached",
-            format_duration(l.timeout)
+    let limit_hit = match &reason {
+        EndReason::Timeout => Some((
+            Limit::Timeout,
+            format_duration(l.timeout),
+            format!("killed: timeout {} reached", format_duration(l.timeout)),
         )),
-        EndReason::Memory => {
-            notices.push(format!("killed: memory limit {} reached", human(l.memory)))
+        EndReason::Memory => Some((
+            Limit::Memory,
+            human(l.memory),
+            format!("killed: memory limit {} reached", human(l.memory)),
+        )),
+        EndReason::Output => Some((
+            Limit::Output,
+            human(l.max_output),
+            format!("stopped: output limit {} reached", human(l.max_output)),
+        )),
+        EndReason::Disk => Some((
+            Limit::Disk,
+            human(l.disk),
+            format!(
+                "stopped: disk limit {} reached (workspace growth)",
+                human(l.disk)
+            ),
+        )),
+        EndReason::Signal(_) | EndReason::Exited => None,
+    };
+    if let EndReason::Signal(n) = &reason {
+        notices.push(format!("stopped: stockade received signal {n}"));
+    }
+    if let Some((_, _, msg)) = &limit_hit {
+        notices.push(msg.clone());
+    }
+    if let Some(a) = audit {
+        if let Some(s) = stats.as_ref().filter(|s| s.pids_max_hits > 0) {
+            a.emit(
+                Some(exec_id),
+                EventKind::LimitHit {
+                    limit: Limit::Pids,
+                    value: l.pids.to_string(),
+                    detail: format!("{} process creations refused", s.pids_max_hits),
+                },
+            );
         }
-        EndReason::Output => notices.push(format!(
-            "stopped: output limit {} reached",
-            human(l.max_output)
-        )),
-        EndReason::Disk => notices.push(format!(
-            "stopped: disk limit {} reached (workspace growth)",
-            human(l.disk)
-        )),
-        EndReason::Signal(n) => notices.push(format!("stopped: stockade received signal {n}")),
-        EndReason::Exited => {}
+        if let Some((limit, value, detail)) = &limit_hit {
+            a.emit(
+                Some(exec_id),
+                EventKind::LimitHit {
+                    limit: *limit,
+                    value: value.clone(),
+                    detail: detail.clone(),
+                },
+            );
+        }
+        let tracked = match (&changes, before) {
+            (Some(c), _) => c.clone(),
+            (None, Some(b)) => {
+                let after = crate::track::snapshot(workspace);
+                if b.truncated || after.truncated {
+                    notices.push(format!(
+                        "audit: workspace has more than {} entries; file tracking is partial",
+                        crate::track::MAX_ENTRIES
+                    ));
+                }
+                crate::track::diff(&b, &after)
+            }
+            (None, None) => Vec::new(),
+        };
+        for c in &tracked {
+            a.emit(Some(exec_id), audit::file_changed(c));
+        }
+        if exec_started.is_some() {
+            a.emit(
+                Some(exec_id),
+                EventKind::ExecExited {
+                    exit_code: match termination {
+                        Some(Termination::Exited(c)) => Some(c),
+                        _ => None,
+                    },
+                    signal: match termination {
+                        Some(Termination::Signaled(s)) => Some(s),
+                        None => Some(libc::SIGKILL),
+                        _ => None,
+                    },
+                    duration_ms: exec_started.map_or(0, |t| t.elapsed().as_millis() as u64),
+                    cpu_time_ms: stats
+                        .as_ref()
+                        .and_then(|s| s.cpu_usage_ns)
+                        .map(|n| n / 1_000_000),
+                    peak_memory_bytes: stats.as_ref().and_then(|s| s.memory_peak),
+                    output_bytes: counter.written(),
+                    limit: limit_hit.as_ref().map(|(l, _, _)| *l),
+                },
+            );
+        }
+        if let Some(e) = a.take_error() {
+            notices.push(format!("audit: {e}"));
+        }
     }
     let exit_code = match (&reason, termination) {
         (EndReason::Signal(n), _) => 128 + n,
@@ -385,5 +557,6 @@ fn supervise(
         changes,
         leftovers: Vec::new(),
         duration: Duration::ZERO,
+        audit_log: None,
     })
 }

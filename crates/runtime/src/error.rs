@@ -10,6 +10,9 @@ pub enum RunError {
     Unsupported(String),
     #[error("launch: {0}")]
     Launch(String),
+    /// The audit trail could not be written: the run is refused (or its result withheld).
+    #[error("audit: {0}")]
+    Audit(String),
     #[error("sandbox setup failed: {0}")]
     Setup(String),
     /// The command itself could not be run: 127 not found, 126 not executable.

@@ -4,11 +4,14 @@
 //! both cases the cgroup it created is removed (or the leftover is reported), and the launcher
 //! is reaped. Tested by unit tests of the pure plan and end to end through the binary.
 
+pub mod audit;
 pub mod container;
 pub mod error;
+pub mod kmsg;
 pub mod plan;
 pub mod relay;
 pub mod spawn;
+pub mod track;
 
 pub use container::{EndReason, RunOptions, RunReport, run};
 pub use error::RunError;

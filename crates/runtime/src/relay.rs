@@ -34,6 +34,10 @@ impl OutputBudget {
             max,
         }
     }
+    /// Bytes passed through (at most the cap).
+    pub fn written(&self) -> u64 {
+        self.used.load(Ordering::SeqCst).min(self.max)
+    }
     /// Reserves `n` bytes; returns how many may be written (less than `n` once the cap is reached).
     fn take(&self, n: u64) -> u64 {
         let before = self.used.fetch_add(n, Ordering::SeqCst);

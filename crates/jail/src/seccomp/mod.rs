@@ -252,3 +252,14 @@ fn errno_name(errno: u32) -> String {
         _ => errno.to_string(),
     }
 }
+
+/// The name of syscall `nr` on the running architecture, for reports (audit events). Only the
+/// names the policy mentions are known; others give None.
+pub fn syscall_name(nr: i64) -> Option<&'static str> {
+    let table: &[(&str, i64)] = if cfg!(target_arch = "aarch64") {
+        sysno::AARCH64
+    } else {
+        sysno::X86_64
+    };
+    table.iter().find(|(_, n)| *n == nr).map(|(name, _)| *name)
+}
