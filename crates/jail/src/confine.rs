@@ -90,6 +90,10 @@ pub fn prepare_landlock(plan: &LandlockPlan) -> Result<Option<RulesetCreated>, C
         .scope(Scope::from_all(WANT))
         .map_err(|e| ll(&e))?
         .create()
+        .map_err(|e| ll(&e))?
+        // Denials by the command (a later exec than the one that built the domain) are reported
+        // to the kernel's audit log, where the supervisor turns them into violation events.
+        .log_new_exec(true)
         .map_err(|e| ll(&e))?;
     let groups: [(&Vec<std::path::PathBuf>, landlock::BitFlags<AccessFs>); 5] = [
         (&plan.read_exec, read),

@@ -11,6 +11,7 @@
 
 pub mod cgroup;
 pub mod confine;
+pub mod fanotify;
 pub mod launch;
 pub mod plan;
 pub mod rootfs;

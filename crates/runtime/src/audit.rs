@@ -81,6 +81,16 @@ impl Audit {
         self.error.lock().ok().and_then(|mut e| e.take())
     }
 
+    pub fn watch_reads(
+        &self,
+        workspace: &Path,
+        sensitive: &[PathBuf],
+        host_uid: u32,
+        exec_id: &str,
+    ) -> Result<crate::reads::Watch, String> {
+        crate::reads::watch(workspace, sensitive, host_uid, self.rec.clone(), exec_id.to_string())
+    }
+
     pub fn watch_violations(&self, host_uid: u32, exec_id: &str) -> Option<crate::kmsg::Watch> {
         crate::kmsg::watch(host_uid, self.rec.clone(), exec_id.to_string())
     }

@@ -133,6 +133,7 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
             .map_err(|e| RunError::Workspace(format!("current directory: {e}")))?,
     };
     let workspace = resolve_workspace(policy, &base)?;
+    stockade_policy::check_sensitive_paths(policy, &workspace).map_err(RunError::Usage)?;
     if policy.security.landlock && stockade_jail::confine::landlock_abi() == 0 {
         if !allow_weaker {
             return Err(RunError::Unsupported(
@@ -300,6 +301,24 @@ fn supervise(ctx: &Ctx<'_>) -> Result<RunReport, RunError> {
         .map_err(|e| RunError::Launch(format!("starting the launcher: {e}")))?;
     let body = serde_json::to_vec(plan).map_err(|e| RunError::Launch(e.to_string()))?;
     let before = before.and_then(|h| h.join().ok());
+    let mut notices = Vec::new();
+    // Marks are placed before the plan is sent, so the command cannot read first.
+    let reads = match (audit, plan.idmap_host_uid) {
+        (Some(a), Some(uid)) if !policy.audit.sensitive.is_empty() => {
+            match a.watch_reads(workspace, &policy.audit.sensitive, uid, exec_id) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    notices.push(format!("audit: file.read events unavailable: {e}"));
+                    None
+                }
+            }
+        }
+        (Some(_), None) if !policy.audit.sensitive.is_empty() => {
+            notices.push("audit: file.read events need stockade to run as root (fanotify)".into());
+            None
+        }
+        _ => None,
+    };
     let wrote = plan_pipe.write_all(&body);
     drop(plan_pipe);
     if let Err(e) = wrote {
@@ -328,7 +347,6 @@ fn supervise(ctx: &Ctx<'_>) -> Result<RunReport, RunError> {
     let mut reason = EndReason::Exited;
     let mut enforced = None;
     let mut stopping: Option<Instant> = None;
-    let mut notices = Vec::new();
     let mut outcome: Option<(Option<Termination>, Option<Vec<Change>>)> = None;
     let stop = |ctrl: &mut std::os::unix::net::UnixStream, stopping: &mut Option<Instant>| {
         if stopping.is_none() {
@@ -421,6 +439,9 @@ fn supervise(ctx: &Ctx<'_>) -> Result<RunReport, RunError> {
     relay::join_bounded(err_t, Duration::from_secs(2));
     if let Some(v) = violations.take() {
         v.finish();
+    }
+    if let Some(r) = reads {
+        r.finish();
     }
     if let Some(e) = setup_error {
         return Err(e);

@@ -9,6 +9,7 @@ pub mod container;
 pub mod error;
 pub mod kmsg;
 pub mod plan;
+pub mod reads;
 pub mod relay;
 pub mod spawn;
 pub mod track;

@@ -1,0 +1,64 @@
+//! `file.read` events for the paths the policy marks sensitive (`audit.sensitive`), from
+//! fanotify (root only). An open is attributed to this sandbox when the opener runs as the
+//! sandbox's own host uid (root-launched sandboxes have one each), read from /proc at once; an
+//! opener that exited before it could be checked is not attributed (documented limitation).
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use stockade_audit::{EventKind, Recorder};
+use stockade_jail::fanotify::{self, Watcher};
+
+pub struct Watch {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+impl Watch {
+    pub fn finish(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.handle.join();
+    }
+}
+
+fn uid_of(pid: i32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find(|l| l.starts_with("Uid:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Starts watching; Err with the reason when fanotify is not available to this process.
+pub fn watch(
+    workspace: &Path,
+    sensitive: &[PathBuf],
+    host_uid: u32,
+    recorder: Arc<Mutex<Recorder>>,
+    exec_id: String,
+) -> Result<Watch, String> {
+    let paths = fanotify::resolve(workspace, sensitive);
+    let w = Watcher::new(&paths).map_err(|e| format!("fanotify: {e} (file.read needs root)"))?;
+    let ws = workspace.to_path_buf();
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = stop.clone();
+    let handle = std::thread::spawn(move || {
+        loop {
+            let mut pfd = libc::pollfd { fd: w.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd on this frame for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, 20) };
+            for open in w.drain() {
+                if uid_of(open.pid) != Some(host_uid) {
+                    continue;
+                }
+                let path = open.path.strip_prefix(&ws).map_or_else(|_| open.path.clone(), Path::to_path_buf);
+                if let Ok(mut r) = recorder.lock() {
+                    let _ = r.emit(Some(&exec_id), EventKind::FileRead { path: path.display().to_string() });
+                }
+            }
+            if done.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+    });
+    Ok(Watch { stop, handle })
+}
