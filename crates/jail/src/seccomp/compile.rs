@@ -1,13 +1,17 @@
-//! Turns the data in `table.rs` into BPF programs with seccompiler, one layer per errno.
+//! Turns the data in `table.rs` into one decision per syscall number ([`Plan`]) and emits it
+//! as a single BPF filter (`emit.rs`).
+//!
+//! The decision reproduces what the previous four stacked layers (allowlist, then one layer per
+//! errno in `LAYER_ORDER`) returned together under the kernel's rule (newest filter's errno
+//! wins, any errno beats ALLOW): a syscall outside the allow lists gets `DEFAULT_ERRNO`; an
+//! allowed one with argument checks tries the checks of the NEWEST layer first (`LAYER_ORDER`
+//! reversed), the first pattern that matches gives its errno, and none matching means ALLOW.
 
 use std::collections::BTreeMap;
 
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
-
 use super::SeccompError;
+use super::bpf::Insn;
+use super::emit::{self, Leaf, Plan, Pred, RET_ALLOW, ret_errno};
 use super::sysno;
 use super::table::{
     ALLOWED, ALLOWED_AARCH64, ALLOWED_X86_64, CONDITIONAL, DEFAULT_ERRNO, DENIED, LAYER_ORDER, When,
@@ -63,24 +67,26 @@ impl Arch {
         }
     }
 
-    fn target(self) -> TargetArch {
-        match self {
-            Arch::X86_64 => TargetArch::x86_64,
-            Arch::Aarch64 => TargetArch::aarch64,
-        }
-    }
-
-    fn numbers(self) -> &'static [(&'static str, i64)] {
+    pub(crate) fn numbers(self) -> &'static [(&'static str, i64)] {
         match self {
             Arch::X86_64 => sysno::X86_64,
             Arch::Aarch64 => sysno::AARCH64,
         }
     }
 
-    fn extra_allowed(self) -> &'static [&'static str] {
+    pub(crate) fn extra_allowed(self) -> &'static [&'static str] {
         match self {
             Arch::X86_64 => ALLOWED_X86_64,
             Arch::Aarch64 => ALLOWED_AARCH64,
+        }
+    }
+
+    /// Syscall numbers with this bit set belong to another ABI that shares the audit arch
+    /// (x86_64's x32); they get the default errno.
+    pub(crate) fn abi_bit(self) -> Option<u32> {
+        match self {
+            Arch::X86_64 => Some(0x4000_0000),
+            Arch::Aarch64 => None,
         }
     }
 
@@ -93,21 +99,28 @@ impl Arch {
     }
 }
 
-/// The compiled layers, oldest (installed first) to newest, plus counts for the audit record.
+/// The compiled filters, oldest (installed first) to newest, plus counts for the audit record.
 #[derive(Debug, Clone)]
 pub(crate) struct Compiled {
-    pub filters: Vec<BpfProgram>,
+    pub filters: Vec<Vec<Insn>>,
     pub allowed: u32,
     pub conditional: u32,
 }
 
-/// Builds the base allowlist layer and one layer per conditional errno, in `LAYER_ORDER`.
+/// Builds the single filter for `arch`.
 pub(crate) fn compile(arch: Arch) -> Result<Compiled, SeccompError> {
-    check_policy()?;
-    let mut filters = Vec::with_capacity(1 + LAYER_ORDER.len());
+    let (plan, allowed, conditional) = plan(arch)?;
+    Ok(Compiled {
+        filters: vec![emit::emit(&plan)?],
+        allowed,
+        conditional,
+    })
+}
 
-    // Layer 0: the allowlist. Conditional syscalls are allowed here; their layers deny.
-    let mut base: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+/// The decision for every syscall number of `arch`, with the allowed and checked counts.
+pub(crate) fn plan(arch: Arch) -> Result<(Plan, u32, u32), SeccompError> {
+    check_policy()?;
+    let mut leaves: BTreeMap<u32, Leaf> = BTreeMap::new();
     let conditional_names = CONDITIONAL.iter().map(|c| c.name);
     for name in ALLOWED
         .iter()
@@ -116,53 +129,70 @@ pub(crate) fn compile(arch: Arch) -> Result<Compiled, SeccompError> {
         .chain(conditional_names)
     {
         if let Some(nr) = arch.nr(name) {
-            base.insert(nr, Vec::new());
+            leaves.insert(number(nr, name)?, Leaf::Ret(RET_ALLOW));
         }
     }
-    let allowed = u32::try_from(base.len()).unwrap_or(u32::MAX);
-    filters.push(build(
-        base,
-        errno_action(DEFAULT_ERRNO),
-        SeccompAction::Allow,
-        arch,
-        "base",
-    )?);
+    let allowed = u32::try_from(leaves.len()).unwrap_or(u32::MAX);
 
-    // Layers 1..: everything allowed except the conditional patterns with this errno.
+    // Newest layer first: between two errnos the kernel reports the newest filter's.
     let mut conditional = 0u32;
-    for &errno in LAYER_ORDER {
-        let mut rules: BTreeMap<i64, Option<Vec<SeccompRule>>> = BTreeMap::new();
+    for &errno in LAYER_ORDER.iter().rev() {
         for c in CONDITIONAL.iter().filter(|c| c.errno == errno) {
             let nr = arch.nr(c.name).ok_or(SeccompError::MissingSyscall {
                 name: c.name,
                 arch: arch.name(),
             })?;
             conditional += 1;
-            let entry = rules.entry(nr).or_insert_with(|| Some(Vec::new()));
-            match (entry.as_mut(), rules_for(c.when)?) {
-                // `None` means "always": nothing can widen it.
-                (None, _) => {}
-                (Some(_), None) => *entry = None,
-                (Some(list), Some(mut more)) => list.append(&mut more),
+            let check = (pred(c.when), ret_errno(errno.unsigned_abs()));
+            match leaves
+                .entry(number(nr, c.name)?)
+                .or_insert(Leaf::Ret(RET_ALLOW))
+            {
+                Leaf::Checks { checks, .. } => checks.push(check),
+                leaf @ Leaf::Ret(_) => {
+                    *leaf = Leaf::Checks {
+                        checks: vec![check],
+                        otherwise: RET_ALLOW,
+                    }
+                }
             }
         }
-        let rules = rules
-            .into_iter()
-            .map(|(nr, r)| (nr, r.unwrap_or_default()))
-            .collect();
-        filters.push(build(
-            rules,
-            SeccompAction::Allow,
-            errno_action(errno),
-            arch,
-            "conditional",
-        )?);
     }
-    Ok(Compiled {
-        filters,
-        allowed,
-        conditional,
-    })
+    let plan = Plan {
+        audit_arch: arch.audit(),
+        abi_bit: arch.abi_bit(),
+        default: ret_errno(DEFAULT_ERRNO.unsigned_abs()),
+        leaves,
+    };
+    Ok((plan, allowed, conditional))
+}
+
+fn number(nr: i64, name: &'static str) -> Result<u32, SeccompError> {
+    u32::try_from(nr).map_err(|_| SeccompError::PolicyConflict { name })
+}
+
+fn pred(when: When) -> Pred {
+    match when {
+        When::Always => Pred::Always,
+        When::AnyBit { arg, bits } => Pred::AnyBit {
+            arg,
+            bits: bits.to_vec(),
+        },
+        When::OneOf { arg, values } => Pred::OneOf {
+            arg,
+            mask: u32::MAX,
+            values: values.to_vec(),
+        },
+        When::MaskedOneOf { arg, mask, values } => Pred::OneOf {
+            arg,
+            mask,
+            values: values.to_vec(),
+        },
+        When::NoneOf { arg, values } => Pred::NoneOf {
+            arg,
+            values: values.to_vec(),
+        },
+    }
 }
 
 /// Refuses a table that contradicts itself, so a careless edit fails at start-up.
@@ -185,59 +215,4 @@ pub(crate) fn check_policy() -> Result<(), SeccompError> {
         }
     }
     Ok(())
-}
-
-fn errno_action(errno: i32) -> SeccompAction {
-    SeccompAction::Errno(errno.unsigned_abs())
-}
-
-fn build(
-    rules: BTreeMap<i64, Vec<SeccompRule>>,
-    mismatch: SeccompAction,
-    matched: SeccompAction,
-    arch: Arch,
-    layer: &'static str,
-) -> Result<BpfProgram, SeccompError> {
-    let filter = SeccompFilter::new(rules, mismatch, matched, arch.target())
-        .map_err(|source| SeccompError::Compile { layer, source })?;
-    BpfProgram::try_from(filter).map_err(|source| SeccompError::Compile { layer, source })
-}
-
-/// The rules (OR of ANDs) that match `when`; `None` means the syscall always matches.
-fn rules_for(when: When) -> Result<Option<Vec<SeccompRule>>, SeccompError> {
-    let rule = |conds: Vec<(u8, SeccompCmpOp, u32)>| -> Result<SeccompRule, SeccompError> {
-        let conds = conds
-            .into_iter()
-            .map(|(arg, op, v)| SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, v.into()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| SeccompError::Compile {
-                layer: "conditional",
-                source,
-            })?;
-        SeccompRule::new(conds).map_err(|source| SeccompError::Compile {
-            layer: "conditional",
-            source,
-        })
-    };
-    let rules = match when {
-        When::Always => return Ok(None),
-        When::AnyBit { arg, bits } => bits
-            .iter()
-            .map(|&b| rule(vec![(arg, SeccompCmpOp::MaskedEq(b.into()), b)]))
-            .collect::<Result<Vec<_>, _>>()?,
-        When::OneOf { arg, values } => values
-            .iter()
-            .map(|&v| rule(vec![(arg, SeccompCmpOp::Eq, v)]))
-            .collect::<Result<Vec<_>, _>>()?,
-        When::MaskedOneOf { arg, mask, values } => values
-            .iter()
-            .map(|&v| rule(vec![(arg, SeccompCmpOp::MaskedEq(mask.into()), v)]))
-            .collect::<Result<Vec<_>, _>>()?,
-        When::NoneOf { arg, values } => {
-            vec![rule(
-                values.iter().map(|&v| (arg, SeccompCmpOp::Ne, v)).collect(),
-            )?]
-        }
-    };
-    Ok(Some(rules))
 }

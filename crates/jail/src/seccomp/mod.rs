@@ -19,28 +19,26 @@
 //!   `SOCK_PACKET` → `EPERM`; `personality` other than 0, 8, 0x20000, 0x20008, 0xffffffff →
 //!   `EPERM`;
 //! * is killed (`SECCOMP_RET_KILL_PROCESS`, SIGSYS) for a syscall of another audit
-//!   architecture, e.g. the i386 ABI through `int 0x80` on x86_64 (seccompiler checks
-//!   `seccomp_data.arch` first in every filter);
+//!   architecture, e.g. the i386 ABI through `int 0x80` on x86_64 (the filter checks
+//!   `seccomp_data.arch` first);
 //! * gets `EPERM` for x32 syscalls (`nr | 0x40000000`): they carry `AUDIT_ARCH_X86_64`, so the
-//!   arch check passes them, but seccompiler compares the full syscall number, so no allow rule
-//!   matches and the allowlist layer's default applies.
+//!   arch check passes them; the filter then sends every number with that bit to the default
+//!   errno before the search.
 //!
-//! # Layers, and which errno wins
+//! # One filter, and which errno wins
 //!
-//! seccompiler gives a filter one match action and one mismatch action, so different errnos
-//! need different filters. The kernel runs every installed filter on every syscall and, per
-//! seccomp(2): "the most recently installed filter is executed first ... The return value for
-//! the evaluation of a given system call is the first-seen action value of highest precedence
-//! (along with its accompanying data)". `kernel/seccomp.c` `seccomp_run_filters()` walks from
-//! the newest filter to the oldest and replaces its result only on a *strictly* stronger
-//! action, so between two `SECCOMP_RET_ERRNO` results the newest filter's errno wins, and any
-//! errno beats ALLOW. We therefore install:
+//! The program is a single filter (`compile.rs` decides per syscall number, `emit.rs` writes
+//! it): arch check, `ld nr`, then a balanced binary search over runs of numbers with the same
+//! decision, down to a `ret` or to the argument checks of that syscall. A syscall costs about a
+//! dozen instructions, and `apply` has the kernel verify and JIT one short program.
 //!
-//! 1. the allowlist (match ALLOW, otherwise `EPERM`), which also allows the conditional
-//!    syscalls;
-//! 2. one layer per errno in `table::LAYER_ORDER` (`EPERM`, then `EAFNOSUPPORT`, then
-//!    `ENOSYS`), each "ALLOW unless the pattern matches". A call two layers deny gets the later
-//!    layer's errno, e.g. `socket(AF_PACKET, SOCK_RAW, 0)` → `EAFNOSUPPORT`.
+//! It returns what Stockade's former four stacked seccompiler filters returned together (the
+//! tests interpret both and compare, for every number and the argument patterns): the
+//! allowlist (default `EPERM`), then one layer per errno in `table::LAYER_ORDER` (`EPERM`,
+//! `EAFNOSUPPORT`, `ENOSYS`). Per seccomp(2) and `kernel/seccomp.c` `seccomp_run_filters()`,
+//! the newest filter's errno won between two errnos and any errno beat ALLOW; the single
+//! filter therefore tries a syscall's checks newest layer first: `socket(AF_PACKET, SOCK_RAW,
+//! 0)` → `EAFNOSUPPORT`, not `EPERM`.
 //!
 //! # What it does not do
 //!
@@ -64,7 +62,11 @@
 //! cover the table (no name both allowed and denied, numbers equal to `libc`) and the byte
 //! format against truncated and garbage input.
 
+mod bpf;
 mod compile;
+mod emit;
+#[cfg(test)]
+mod legacy;
 mod sysno;
 mod table;
 mod wire;
@@ -72,15 +74,15 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
-use seccompiler::BpfProgram;
-
+use bpf::Insn;
 use compile::Arch;
 
-/// One or more compiled BPF filters for the running architecture, in installation order.
+/// Compiled BPF filters for the running architecture, in installation order (one, today; the
+/// byte format and `apply` keep the list).
 #[derive(Debug, Clone)]
 pub struct SeccompProgram {
     arch: Arch,
-    filters: Vec<BpfProgram>,
+    filters: Vec<Vec<Insn>>,
     default_errno: u32,
     allowed: u32,
     conditional: u32,
@@ -207,8 +209,8 @@ impl SeccompProgram {
             };
             let prog = libc::sock_fprog {
                 len,
-                // seccompiler's `sock_filter` is `#[repr(C)]` with the same fields, in the same
-                // order and of the same types as the kernel's (and libc's) `struct sock_filter`.
+                // `Insn` is `#[repr(C)]` with the same fields, in the same order and of the same
+                // types as the kernel's (and libc's) `struct sock_filter`.
                 filter: filter.as_ptr().cast::<libc::sock_filter>().cast_mut(),
             };
             // SAFETY: `prog` points at `filter`, which `self` owns and keeps alive and unchanged
@@ -233,9 +235,11 @@ impl SeccompProgram {
     /// A short description for the audit record.
     pub fn describe(&self) -> String {
         format!(
-            "bpf: {} filters for {}, default errno {}, {} syscalls allowed, {} argument checks, \
-             foreign arch killed",
+            "bpf: {} filter{} ({} instructions, binary search) for {}, default errno {}, \
+             {} syscalls allowed, {} argument checks, foreign arch killed",
             self.filters.len(),
+            if self.filters.len() == 1 { "" } else { "s" },
+            self.filters.iter().map(Vec::len).sum::<usize>(),
             self.arch.name(),
             errno_name(self.default_errno),
             self.allowed,

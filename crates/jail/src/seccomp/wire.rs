@@ -6,12 +6,13 @@
 //! The parser checks every length before reading and rejects trailing bytes; the kernel
 //! verifies the instructions themselves when the program is installed.
 
-use seccompiler::{BpfProgram, sock_filter};
-
+use super::bpf::Insn;
 use super::compile::Arch;
 use super::{SeccompError, SeccompProgram};
 
-const MAGIC: &[u8; 8] = b"STKSCMP\x01";
+/// Version 2: one binary-search filter (version 1 carried four linear layers). The layout is
+/// unchanged; the version makes a launcher refuse a program from a different build.
+const MAGIC: &[u8; 8] = b"STKSCMP\x02";
 /// More layers than any policy we build; bounds the work a hostile input can ask for.
 pub(crate) const MAX_FILTERS: usize = 16;
 /// The kernel's `BPF_MAXINSNS`.
@@ -88,9 +89,9 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<SeccompProgram, SeccompError> {
             });
         }
         let raw = r.take(len * INSN_BYTES, "truncated filter")?;
-        let prog: BpfProgram = raw
+        let prog: Vec<Insn> = raw
             .chunks_exact(INSN_BYTES)
-            .map(|c| sock_filter {
+            .map(|c| Insn {
                 code: u16::from_le_bytes([c[0], c[1]]),
                 jt: c[2],
                 jf: c[3],

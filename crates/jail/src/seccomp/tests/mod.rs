@@ -12,8 +12,11 @@ macro_rules! probe {
     };
 }
 
+mod bench;
 mod conditional;
 mod denials;
+mod equiv;
+mod interp;
 mod probe;
 mod unit;
 mod workload;
