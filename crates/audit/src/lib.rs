@@ -7,6 +7,7 @@
 //! docs/audit.md, "What is observed"). Tested by unit tests here and end to end through the binary.
 
 pub mod event;
+pub mod otlp;
 pub mod reader;
 pub mod recorder;
 
