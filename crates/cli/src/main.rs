@@ -173,12 +173,18 @@ fn run(args: flags::RunArgs, state: stockade_audit::StateDir) -> ExitCode {
         }
         _ => None,
     };
+    // A bad endpoint fails the run up front, before any sandbox exists.
+    let otlp =
+        match stockade_audit::otlp::OtlpExporter::from_flag_or_env(args.otlp_endpoint.as_deref()) {
+            Ok(o) => o.filter(|_| policy.audit.enabled),
+            Err(e) => return fail(format!("otlp: {e}")),
+        };
     let audit = policy
         .audit
         .enabled
         .then(|| stockade_runtime::audit::AuditOptions {
             state,
-            observers: Vec::new(),
+            observers: otlp.iter().map(|e| e.observer()).collect(),
         });
     let opts = stockade_runtime::RunOptions { base_dir, audit };
     let report = match stockade_runtime::run(&policy, &args.command, opts) {
@@ -189,6 +195,16 @@ fn run(args: flags::RunArgs, state: stockade_audit::StateDir) -> ExitCode {
             return ExitCode::from(code as u8);
         }
     };
+    // After sandbox.destroyed and the fsync: the JSONL log stays the durable record, so an
+    // unreachable collector is a warning, not a different exit status.
+    if let Some(exp) = &otlp
+        && let Err(e) = exp.flush(std::time::Duration::from_secs(5))
+    {
+        let _ = writeln!(
+            std::io::stderr(),
+            "stockade: warning: otlp export failed: {e}"
+        );
+    }
     let mut err = std::io::stderr().lock();
     if args.verbose
         && let Some(e) = &report.enforced

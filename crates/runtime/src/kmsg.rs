@@ -70,7 +70,10 @@ pub fn parse_line(line: &str, uid: u32, domains: &mut Vec<String>) -> Option<Eve
         "1326" if f.get("uid") == Some(&uid_s.as_str()) => {
             let code = u32::from_str_radix(f.get("code")?.trim_start_matches("0x"), 16).ok()?;
             let action = code & 0x7fff_0000;
-            let errno = (action == 0x0005_0000).then_some((code & 0xffff) as i32);
+            // The record carries the action; the errno (data) is usually masked out, and 0 means
+            // "not reported" rather than success.
+            let errno =
+                (action == 0x0005_0000 && code & 0xffff != 0).then_some((code & 0xffff) as i32);
             let nr: i64 = f.get("syscall")?.parse().ok()?;
             let name = stockade_jail::seccomp::syscall_name(nr)
                 .map_or_else(|| format!("#{nr}"), str::to_string);

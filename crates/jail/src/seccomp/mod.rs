@@ -220,7 +220,9 @@ impl SeccompProgram {
                 libc::syscall(
                     libc::SYS_seccomp,
                     libc::SECCOMP_SET_MODE_FILTER,
-                    0,
+                    // Denials (non-ALLOW results) go to the kernel audit log, where the supervisor
+                    // turns them into `violation` events (see stockade-runtime's kmsg.rs).
+                    SECCOMP_FILTER_FLAG_LOG,
                     &raw const prog,
                 )
             };
@@ -256,6 +258,9 @@ fn errno_name(errno: u32) -> String {
         _ => errno.to_string(),
     }
 }
+
+/// seccomp(2) flag: log every action but ALLOW to the audit subsystem.
+const SECCOMP_FILTER_FLAG_LOG: libc::c_ulong = 2;
 
 /// The name of syscall `nr` on the running architecture, for reports (audit events). Only the
 /// names the policy mentions are known; others give None.
