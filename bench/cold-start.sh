@@ -25,14 +25,17 @@ bin="$PWD/target/release/stockade"
 out="$PWD/bench/out"
 mkdir -p "$out"
 ws=$(mktemp -d /tmp/stockade-bench.XXXXXX)
-trap 'rm -rf "$ws"' EXIT
+state=$(mktemp -d /var/tmp/stockade-bench-state.XXXXXX)
+trap 'rm -rf "$ws" "$state"' EXIT
 cd "$ws"
+export STOCKADE_STATE_DIR="$state"
 
 # bwrap with the namespaces stockade creates (user, pid, net, ipc, uts, cgroup, mount) and a
 # comparable root: read-only /usr, the merged-usr symlinks, fresh /proc, minimal /dev, tmpfs /tmp.
 bwrap_cmd="bwrap --unshare-all --die-with-parent --ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/lib /lib --symlink usr/lib64 /lib64 --symlink usr/sbin /sbin --proc /proc --dev /dev --tmpfs /tmp --bind $ws $ws --chdir $ws /bin/true"
 hyperfine -N --warmup 3 --runs "$runs" --export-json "$out/cold-start.json" \
   -n "stockade run (all walls)" "$bin run -- /bin/true" \
+  -n "stockade run (no audit)" "$bin run --no-audit -- /bin/true" \
   -n "stockade run (no seccomp, no landlock)" "$bin run --seccomp off --landlock off --allow-weaker-isolation -- /bin/true" \
   -n "bwrap (same namespaces)" "$bwrap_cmd" \
   -n "unshare (namespaces only)" "unshare --user --map-root-user --net --pid --ipc --uts --mount --fork /bin/true" \

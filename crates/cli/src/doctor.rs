@@ -269,13 +269,32 @@ fn misc_checks() -> Vec<Check> {
     });
     // SAFETY: geteuid takes no arguments and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
+    let kmsg = std::fs::File::open("/dev/kmsg").is_ok();
+    let auditd = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "auditd")
+        });
+    out.push(Check {
+        name: "violations",
+        ok: root && kmsg && !auditd,
+        detail: match (root, kmsg, auditd) {
+            (true, true, false) => "seccomp and Landlock denials read from the kernel audit records on /dev/kmsg (rate-limited by the kernel)".into(),
+            (_, _, true) => "auditd is running and receives the kernel's audit records: no violation events (read them from auditd's log)".into(),
+            (false, _, _) => "violation events need stockade to run as root (per-sandbox host uid, /dev/kmsg)".into(),
+            (true, false, _) => "/dev/kmsg is not readable: no violation events".into(),
+        },
+    });
     out.push(Check {
         name: "fanotify",
         ok: root,
         detail: if root {
-            "available to root (file.read audit of sensitive paths)".into()
+            "available to root: file.read events for audit.sensitive paths".into()
         } else {
-            "needs root (CAP_SYS_ADMIN): file.read events unavailable".into()
+            "needs root (CAP_SYS_ADMIN): file.read events for audit.sensitive paths are unavailable"
+                .into()
         },
     });
     out.push(Check {
