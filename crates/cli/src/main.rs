@@ -97,6 +97,13 @@ fn main() -> ExitCode {
             .is_some_and(|a| a == stockade_agent::launcher::ALLOW_WEAKER_ARG);
         return ExitCode::from(stockade_agent::launcher::main(allow_weaker) as u8);
     }
+    // Diagnostics (spans per sandbox and exec, one line per audit event) on stderr when asked.
+    if let Ok(filter) = std::env::var("STOCKADE_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -66,6 +66,8 @@ impl Audit {
 
     /// Records an event; a failure is remembered and reported at the end of the run.
     pub fn emit(&self, exec_id: Option<&str>, kind: EventKind) {
+        // The tracing view of the same event, inside the current sandbox/exec span.
+        tracing::info!(target: "stockade::audit", event = kind.type_name(), exec_id = exec_id.unwrap_or(""));
         let r = match self.rec.lock() {
             Ok(mut r) => r.emit(exec_id, kind).map(drop).map_err(|e| e.to_string()),
             Err(_) => Err("recorder poisoned".to_string()),
@@ -88,7 +90,13 @@ impl Audit {
         host_uid: u32,
         exec_id: &str,
     ) -> Result<crate::reads::Watch, String> {
-        crate::reads::watch(workspace, sensitive, host_uid, self.rec.clone(), exec_id.to_string())
+        crate::reads::watch(
+            workspace,
+            sensitive,
+            host_uid,
+            self.rec.clone(),
+            exec_id.to_string(),
+        )
     }
 
     pub fn watch_violations(&self, host_uid: u32, exec_id: &str) -> Option<crate::kmsg::Watch> {

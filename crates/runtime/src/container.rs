@@ -158,6 +158,8 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
         None
     };
     let id = format!("{:016x}", random_u64());
+    let sandbox_span = tracing::info_span!("sandbox", sandbox_id = %id, level = "container");
+    let _in_sandbox = sandbox_span.enter();
     let audit = match opts.audit.as_mut() {
         Some(a) => Some(Audit::open(a, &id, policy).map_err(RunError::Audit)?),
         None => {
@@ -356,6 +358,7 @@ fn supervise(ctx: &Ctx<'_>) -> Result<RunReport, RunError> {
     };
     let mut setup_error = None;
     let mut exec_started: Option<Instant> = None;
+    let mut exec_span: Option<tracing::span::EnteredSpan> = None;
     let mut violations: Option<crate::kmsg::Watch> = None;
     while outcome.is_none() {
         let now = Instant::now();
@@ -369,6 +372,9 @@ fn supervise(ctx: &Ctx<'_>) -> Result<RunReport, RunError> {
                 exec_started = Some(Instant::now());
                 if let Some(a) = audit {
                     a.emit(None, audit::created(ctx, &e));
+                }
+                exec_span = Some(tracing::info_span!("exec", exec_id).entered());
+                if let Some(a) = audit {
                     a.emit(Some(exec_id), audit::exec_started(plan));
                     if let Some(uid) = plan.idmap_host_uid {
                         violations = a.watch_violations(uid, exec_id);
@@ -558,6 +564,7 @@ fn supervise(ctx: &Ctx<'_>) -> Result<RunReport, RunError> {
             notices.push(format!("audit: {e}"));
         }
     }
+    drop(exec_span);
     let exit_code = match (&reason, termination) {
         (EndReason::Signal(n), _) => 128 + n,
         (_, Some(t)) => t.shell_code(),

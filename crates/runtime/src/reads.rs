@@ -25,7 +25,12 @@ impl Watch {
 
 fn uid_of(pid: i32) -> Option<u32> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find(|l| l.starts_with("Uid:"))?.split_whitespace().nth(1)?.parse().ok()
+    s.lines()
+        .find(|l| l.starts_with("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Starts watching; Err with the reason when fanotify is not available to this process.
@@ -43,16 +48,28 @@ pub fn watch(
     let done = stop.clone();
     let handle = std::thread::spawn(move || {
         loop {
-            let mut pfd = libc::pollfd { fd: w.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd: w.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
             // SAFETY: one valid pollfd on this frame for the duration of the call.
             unsafe { libc::poll(&mut pfd, 1, 20) };
             for open in w.drain() {
                 if uid_of(open.pid) != Some(host_uid) {
                     continue;
                 }
-                let path = open.path.strip_prefix(&ws).map_or_else(|_| open.path.clone(), Path::to_path_buf);
+                let path = open
+                    .path
+                    .strip_prefix(&ws)
+                    .map_or_else(|_| open.path.clone(), Path::to_path_buf);
                 if let Ok(mut r) = recorder.lock() {
-                    let _ = r.emit(Some(&exec_id), EventKind::FileRead { path: path.display().to_string() });
+                    let _ = r.emit(
+                        Some(&exec_id),
+                        EventKind::FileRead {
+                            path: path.display().to_string(),
+                        },
+                    );
                 }
             }
             if done.load(Ordering::SeqCst) {
