@@ -11,24 +11,22 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 use stockade_audit::{EventKind, Recorder, ViolationKind};
 
 pub struct Watch {
-    stop: Arc<AtomicBool>,
+    stop: std::os::fd::OwnedFd,
     handle: JoinHandle<()>,
 }
 
 impl Watch {
-    /// Stops after draining what the kernel has already printed.
+    /// Stops after draining what the kernel has already printed. Records are printed while the
+    /// denied syscall runs, so once the command has ended everything about it is readable.
     pub fn finish(self) {
-        // Records are printed synchronously with the denial, so a short grace suffices.
-        std::thread::sleep(Duration::from_millis(20));
-        self.stop.store(true, Ordering::SeqCst);
+        drop(self.stop); // EOF on the pipe wakes the thread, which drains and returns
         let _ = self.handle.join();
     }
 }
@@ -120,14 +118,19 @@ pub fn watch(uid: u32, recorder: Arc<Mutex<Recorder>>, exec_id: String) -> Optio
         .custom_flags(libc::O_NONBLOCK)
         .open("/dev/kmsg")
         .ok()?;
-    use std::os::fd::AsRawFd;
     // SAFETY: lseek on our own descriptor; SEEK_END on /dev/kmsg skips records printed before now.
     unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_END) };
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = stop.clone();
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid two-int out-array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return None;
+    }
+    // SAFETY: both descriptors are new and owned by nobody else.
+    let (stop_r, stop) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let handle = std::thread::spawn(move || {
         let mut buf = vec![0u8; 8192];
         let mut domains = Vec::new();
+        let mut stopping = false;
         loop {
             match f.read(&mut buf) {
                 Ok(n) if n > 0 => {
@@ -137,14 +140,30 @@ pub fn watch(uid: u32, recorder: Arc<Mutex<Recorder>>, exec_id: String) -> Optio
                     {
                         let _ = r.emit(Some(&exec_id), ev);
                     }
+                    continue;
                 }
-                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {} // overwritten records: skip on
-                _ => {
-                    if done.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue, // overwritten records
+                _ => {}
+            }
+            if stopping {
+                return;
+            }
+            let mut pfd = [
+                libc::pollfd {
+                    fd: f.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: stop_r.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: a valid two-element pollfd array for the duration of the call.
+            unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) };
+            if pfd[1].revents != 0 {
+                stopping = true; // one more drain, then return
             }
         }
     });
