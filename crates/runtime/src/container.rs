@@ -173,6 +173,7 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
         cpus: Some(policy.limits.cpus),
         pids: Some(policy.limits.pids),
     };
+    tracing::debug!("phase: checks done");
     let cg = match Layout::discover().and_then(|layout| {
         cgroup::sweep_stale(&layout, Duration::from_secs(60));
         Cgroup::create(&layout, &id, &limits)
@@ -196,6 +197,7 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
         cgroup_dirs: cg.as_ref().map(Cgroup::paths).unwrap_or_default(),
         seccomp,
     };
+    tracing::debug!("phase: cgroup created");
     let plan = plan::build(policy, argv, &host_facts(workspace.clone()), extras);
     let weakenings: Vec<String> = notices
         .iter()
@@ -212,10 +214,12 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
         weakenings,
     };
     let result = supervise(&ctx);
+    tracing::debug!("phase: supervision done");
     let leftovers = match cg {
         Some(cg) => cg.destroy().leftovers,
         None => Vec::new(),
     };
+    tracing::debug!("phase: cgroup destroyed");
     if let Some(a) = &audit {
         let (reason, error) = match &result {
             Ok(r) => (
@@ -245,6 +249,7 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
             return Err(RunError::Audit(e));
         }
     }
+    tracing::debug!("phase: audit synced");
     let mut report = result?;
     report.id = id;
     notices.append(&mut report.notices);
@@ -302,7 +307,9 @@ fn supervise(ctx: &Ctx<'_>) -> Result<RunReport, RunError> {
     } = spawn_launcher(allow_weaker)
         .map_err(|e| RunError::Launch(format!("starting the launcher: {e}")))?;
     let body = serde_json::to_vec(plan).map_err(|e| RunError::Launch(e.to_string()))?;
+    tracing::debug!("phase: launcher spawned");
     let before = before.and_then(|h| h.join().ok());
+    tracing::debug!("phase: workspace snapshot taken");
     let mut notices = Vec::new();
     // Marks are placed before the plan is sent, so the command cannot read first.
     let reads = match (audit, plan.idmap_host_uid) {
@@ -437,8 +444,10 @@ fn supervise(ctx: &Ctx<'_>) -> Result<RunReport, RunError> {
     }
     // Reap the launcher before letting go of the liveness pipe: its EOF means "supervisor died,
     // clean up", which must not race our own reading of the cgroup's statistics.
+    tracing::debug!("phase: command ended");
     drop(ctrl);
     let _ = child.wait();
+    tracing::debug!("phase: launcher reaped");
     drop(liveness);
     // Every process of the sandbox is gone (PID 1 ended), so the pipes reach EOF; bounded anyway.
     relay::join_bounded(out_t, Duration::from_secs(2));
