@@ -573,9 +573,15 @@ fn unprivileged_user_fails_closed_without_cgroups_and_runs_weaker_with_the_flag(
     let ws = dir.path().join("ws");
     std::fs::create_dir(&ws).unwrap();
     std::os::unix::fs::chown(&ws, Some(uid), Some(gid)).unwrap();
+    // The user's own audit state directory (its HOME here is root's, which it cannot write).
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::os::unix::fs::chown(&state, Some(uid), Some(gid)).unwrap();
     let as_user = |flags: &[&str], cmd: &[&str]| {
         let mut a = strings(&["--reuid", E2E_USER, "--regid", E2E_USER, "--init-groups"]);
         a.push(binary.display().to_string());
+        a.push("--state-dir".into());
+        a.push(state.display().to_string());
         a.extend(run_args(&ws, flags, cmd));
         spawn_program("setpriv", &a, &ws).finish(HARD_LIMIT)
     };

@@ -147,6 +147,12 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
     if !policy.security.landlock {
         notices.push("weaker isolation: Landlock disabled by policy".into());
     }
+    // The launcher starts now and waits for its plan on a pipe: its exec and start-up overlap
+    // with the seccomp compile, the audit log and the cgroup set-up below. Any failure before the
+    // plan is sent drops the pipes, and the launcher exits without building anything.
+    let launched = spawn_launcher(allow_weaker)
+        .map_err(|e| RunError::Launch(format!("starting the launcher: {e}")))?;
+    let mut launched = LaunchGuard(Some(launched));
     let seccomp = if policy.security.seccomp {
         Some(
             SeccompProgram::compile_default()
@@ -207,13 +213,15 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
     let ctx = Ctx {
         policy,
         plan: &plan,
-        allow_weaker,
         cg: cg.as_ref(),
         workspace: &workspace,
         audit: audit.as_ref(),
         weakenings,
     };
-    let result = supervise(&ctx);
+    let result = match launched.0.take() {
+        Some(l) => supervise(&ctx, l),
+        None => Err(RunError::Launch("launcher already consumed".into())),
+    };
     tracing::debug!("phase: supervision done");
     let leftovers = match cg {
         Some(cg) => cg.destroy().leftovers,
@@ -268,7 +276,6 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
 pub(crate) struct Ctx<'a> {
     pub(crate) policy: &'a Policy,
     pub(crate) plan: &'a stockade_jail::plan::SandboxPlan,
-    pub(crate) allow_weaker: bool,
     pub(crate) cg: Option<&'a Cgroup>,
     pub(crate) workspace: &'a Path,
     pub(crate) audit: Option<&'a Audit>,
@@ -279,11 +286,22 @@ fn human(b: ByteSize) -> String {
     b.to_string()
 }
 
-fn supervise(ctx: &Ctx<'_>) -> Result<RunReport, RunError> {
+/// Kills and reaps a launcher that never got its plan (any early error path).
+struct LaunchGuard(Option<Launched>);
+
+impl Drop for LaunchGuard {
+    fn drop(&mut self) {
+        if let Some(mut l) = self.0.take() {
+            let _ = l.child.kill();
+            let _ = l.child.wait();
+        }
+    }
+}
+
+fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
     let Ctx {
         policy,
         plan,
-        allow_weaker,
         cg,
         workspace,
         audit,
@@ -304,8 +322,7 @@ fn supervise(ctx: &Ctx<'_>) -> Result<RunReport, RunError> {
         stdin,
         stdout,
         stderr,
-    } = spawn_launcher(allow_weaker)
-        .map_err(|e| RunError::Launch(format!("starting the launcher: {e}")))?;
+    } = launched;
     let body = serde_json::to_vec(plan).map_err(|e| RunError::Launch(e.to_string()))?;
     tracing::debug!("phase: launcher spawned");
     let before = before.and_then(|h| h.join().ok());
