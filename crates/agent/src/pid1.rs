@@ -106,6 +106,14 @@ pub fn run(plan: &SandboxPlan, pre: PreOpened, mut ctrl: UnixStream, allow_weake
         Ok(fd) => fd,
         Err(e) => setup_failed(&mut ctrl, format!("signalfd: {e}")),
     };
+    if write_frame(&mut ctrl, &AgentMsg::Ready { enforced }).is_err() {
+        exit(125);
+    }
+    // Nothing untrusted runs until the supervisor has recorded the start.
+    match read_frame::<SupervisorMsg>(&mut ctrl) {
+        Ok(Some(SupervisorMsg::Go)) => {}
+        _ => exit(0),
+    }
     let pid = match spawn(plan) {
         Ok(pid) => pid,
         Err((code, message)) => {
@@ -113,7 +121,7 @@ pub fn run(plan: &SandboxPlan, pre: PreOpened, mut ctrl: UnixStream, allow_weake
             exit(code)
         }
     };
-    if write_frame(&mut ctrl, &AgentMsg::Started { enforced, pid }).is_err() {
+    if write_frame(&mut ctrl, &AgentMsg::Started { pid }).is_err() {
         kill_all_and_reap();
         exit(125);
     }
@@ -245,6 +253,10 @@ fn spawn(plan: &SandboxPlan) -> Result<i32, (i32, String)> {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
             libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            // Dispositions set by this Rust process (SIGPIPE ignored) must not reach the command.
+            for sig in 1..32 {
+                libc::signal(sig, libc::SIG_DFL);
+            }
             libc::setsid();
             // PID 1's non-dumpable flag was inherited: while it is set, /proc/self belongs to
             // root and the write below would fail. exec resets it anyway.
@@ -314,6 +326,7 @@ fn wait_main(pid: i32, sfd: &OwnedFd, ctrl: &mut UnixStream) -> Termination {
         }
         if pfd[1].revents != 0 {
             match read_frame::<SupervisorMsg>(ctrl) {
+                Ok(Some(SupervisorMsg::Go)) => {} // already running; a repeated Go changes nothing
                 Ok(Some(SupervisorMsg::Stop)) | Ok(None) | Err(_) => {
                     kill_all_and_reap();
                     return reap_blocking(pid);

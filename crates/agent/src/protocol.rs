@@ -50,8 +50,11 @@ pub struct Change {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentMsg {
-    /// The sandbox is built and the command was executed.
-    Started { enforced: Enforced, pid: i32 },
+    /// The sandbox is built and confined; the agent waits for [`SupervisorMsg::Go`] before it
+    /// runs the command, so the supervisor can record the start first.
+    Ready { enforced: Enforced },
+    /// The command was executed (its pid inside the sandbox).
+    Started { pid: i32 },
     /// Building the sandbox failed (before any untrusted code ran).
     SetupFailed { message: String },
     /// The command could not be executed: 127 not found, 126 not executable.
@@ -68,6 +71,8 @@ pub enum AgentMsg {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SupervisorMsg {
+    /// Run the command (answer to [`AgentMsg::Ready`]).
+    Go,
     /// Kill everything and report (timeout, limit, Ctrl-C).
     Stop,
 }

@@ -392,7 +392,8 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
         };
         let ev = rx.recv_timeout(wait_until.saturating_duration_since(now));
         match ev {
-            Ok(Event::Agent(AgentMsg::Started { enforced: e, .. })) => {
+            Ok(Event::Agent(AgentMsg::Started { .. })) => tracing::debug!("phase: command started"),
+            Ok(Event::Agent(AgentMsg::Ready { enforced: e })) => {
                 exec_started = Some(Instant::now());
                 if let Some(a) = audit {
                     a.emit(None, audit::created(ctx, &e));
@@ -405,6 +406,10 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
                     }
                 }
                 enforced = Some(e);
+                // The start is on record (and the violation watcher in place): let it run.
+                if write_frame(&mut ctrl, &SupervisorMsg::Go).is_err() {
+                    outcome = Some((None, None));
+                }
             }
             Ok(Event::Agent(AgentMsg::SetupFailed { message })) => {
                 setup_error = Some(RunError::Setup(message));
@@ -593,6 +598,9 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
     drop(exec_span);
     let exit_code = match (&reason, termination) {
         (EndReason::Signal(n), _) => 128 + n,
+        // Output cut or disk budget passed: never report success, even if the command got to
+        // exit on its own before the stop reached it.
+        (EndReason::Output | EndReason::Disk, Some(Termination::Exited(_))) => 128 + libc::SIGKILL,
         (_, Some(t)) => t.shell_code(),
         (EndReason::Exited, None) => {
             return Err(RunError::Setup(
