@@ -36,18 +36,35 @@ impl Watcher {
     pub fn new(paths: &[PathBuf]) -> io::Result<Watcher> {
         // SAFETY: fanotify_init takes integers and returns a new descriptor we own.
         let fd = unsafe {
-            libc::fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK, (libc::O_RDONLY | libc::O_LARGEFILE) as u32)
+            libc::fanotify_init(
+                FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK,
+                (libc::O_RDONLY | libc::O_LARGEFILE) as u32,
+            )
         };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a fresh descriptor owned by nobody else.
-        let w = Watcher { fd: unsafe { OwnedFd::from_raw_fd(fd) } };
+        let w = Watcher {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        };
         for p in paths {
             let c = crate::sys::cstr(p)?;
-            let mask = if p.is_dir() { FAN_OPEN | FAN_EVENT_ON_CHILD } else { FAN_OPEN };
+            let mask = if p.is_dir() {
+                FAN_OPEN | FAN_EVENT_ON_CHILD
+            } else {
+                FAN_OPEN
+            };
             // SAFETY: `c` is a NUL-terminated path that outlives the call; the fanotify fd is ours.
-            let r = unsafe { libc::fanotify_mark(w.fd.as_raw_fd(), FAN_MARK_ADD, mask, libc::AT_FDCWD, c.as_ptr()) };
+            let r = unsafe {
+                libc::fanotify_mark(
+                    w.fd.as_raw_fd(),
+                    FAN_MARK_ADD,
+                    mask,
+                    libc::AT_FDCWD,
+                    c.as_ptr(),
+                )
+            };
             if r < 0 {
                 let e = io::Error::last_os_error();
                 if e.raw_os_error() == Some(libc::ENOENT) {
@@ -79,7 +96,9 @@ impl Watcher {
                 if fd >= 0 {
                     // SAFETY: the kernel gave us this descriptor with the event; we own and close it.
                     let file = unsafe { OwnedFd::from_raw_fd(fd) };
-                    if let Ok(path) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) {
+                    if let Ok(path) =
+                        std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                    {
                         out.push(Open { pid, path });
                     }
                 }
@@ -94,7 +113,16 @@ impl Watcher {
 
 /// The host paths to mark for `sensitive` entries relative to `workspace` (absolute ones as given).
 pub fn resolve(workspace: &Path, sensitive: &[PathBuf]) -> Vec<PathBuf> {
-    sensitive.iter().map(|p| if p.is_absolute() { p.clone() } else { workspace.join(p) }).collect()
+    sensitive
+        .iter()
+        .map(|p| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                workspace.join(p)
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -104,7 +132,11 @@ mod tests {
     #[test]
     fn reports_an_open_of_a_marked_file_and_not_of_others() {
         // SAFETY: geteuid cannot fail.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "fanotify needs root; run the suite as root (CI does)");
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "fanotify needs root; run the suite as root (CI does)"
+        );
         let d = tempfile::tempdir().unwrap();
         let secret = d.path().join(".env");
         let other = d.path().join("other");
@@ -112,7 +144,10 @@ mod tests {
         std::fs::write(&other, "x").unwrap();
         let w = Watcher::new(&[secret.clone()]).unwrap();
         let _ = std::fs::read(&other).unwrap();
-        assert!(w.drain().is_empty(), "an unmarked file must not be reported");
+        assert!(
+            w.drain().is_empty(),
+            "an unmarked file must not be reported"
+        );
         let _ = std::fs::read(&secret).unwrap();
         let got = w.drain();
         assert_eq!(got.len(), 1, "{got:?}");
