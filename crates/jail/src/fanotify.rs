@@ -45,9 +45,8 @@ impl Watcher {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a fresh descriptor owned by nobody else.
-        let w = Watcher {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        };
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let w = Watcher { fd };
         for p in paths {
             let c = crate::sys::cstr(p)?;
             let mask = if p.is_dir() {
@@ -125,6 +124,12 @@ pub fn resolve(workspace: &Path, sensitive: &[PathBuf]) -> Vec<PathBuf> {
         .collect()
 }
 
+impl AsRawFd for Watcher {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,9 +137,9 @@ mod tests {
     #[test]
     fn reports_an_open_of_a_marked_file_and_not_of_others() {
         // SAFETY: geteuid cannot fail.
+        let euid = unsafe { libc::geteuid() };
         assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
+            euid, 0,
             "fanotify needs root; run the suite as root (CI does)"
         );
         let d = tempfile::tempdir().unwrap();
@@ -142,7 +147,7 @@ mod tests {
         let other = d.path().join("other");
         std::fs::write(&secret, "K=V").unwrap();
         std::fs::write(&other, "x").unwrap();
-        let w = Watcher::new(&[secret.clone()]).unwrap();
+        let w = Watcher::new(std::slice::from_ref(&secret)).unwrap();
         let _ = std::fs::read(&other).unwrap();
         assert!(
             w.drain().is_empty(),
@@ -153,11 +158,5 @@ mod tests {
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].path, secret);
         assert_eq!(got[0].pid, std::process::id() as i32);
-    }
-}
-
-impl AsRawFd for Watcher {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.fd.as_raw_fd()
     }
 }

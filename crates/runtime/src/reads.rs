@@ -59,10 +59,7 @@ pub fn watch(
                 if uid_of(open.pid) != Some(host_uid) {
                     continue;
                 }
-                let path = open
-                    .path
-                    .strip_prefix(&ws)
-                    .map_or_else(|_| open.path.clone(), Path::to_path_buf);
+                let path = relative(&ws, &open.path);
                 if let Ok(mut r) = recorder.lock() {
                     let _ = r.emit(
                         Some(&exec_id),
@@ -78,4 +75,40 @@ pub fn watch(
         }
     });
     Ok(Watch { stop, handle })
+}
+
+/// The workspace-relative name of an opened file. Through an overlay workspace the kernel names
+/// the file relative to the overlay's root ("/.env"), not by its host path: such a name is taken
+/// as workspace-relative when it exists there.
+fn relative(ws: &Path, opened: &Path) -> PathBuf {
+    if let Ok(r) = opened.strip_prefix(ws) {
+        return r.to_path_buf();
+    }
+    match opened.strip_prefix("/") {
+        Ok(r) if ws.join(r).exists() => r.to_path_buf(),
+        _ => opened.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_workspace_relative_in_rw_and_overlay() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join(".env"), "x").unwrap();
+        assert_eq!(
+            relative(d.path(), &d.path().join(".env")),
+            PathBuf::from(".env")
+        );
+        assert_eq!(
+            relative(d.path(), Path::new("/.env")),
+            PathBuf::from(".env")
+        );
+        assert_eq!(
+            relative(d.path(), Path::new("/etc/hosts")),
+            PathBuf::from("/etc/hosts")
+        );
+    }
 }
