@@ -3,11 +3,11 @@
 # walls up: namespaces, pivot_root, seccomp, Landlock, cgroup limits), stockade with seccomp and
 # Landlock off (to show their cost), bubblewrap with equivalent namespaces, and a bare `unshare`.
 # Measured with hyperfine; medians, p95 and the ratio to bwrap go into BENCHMARKS.md.
-#   bench/cold-start.sh           full run (50 runs each), rewrites the table in BENCHMARKS.md
+#   bench/cold-start.sh           full run (100 runs each), rewrites the table in BENCHMARKS.md
 #   bench/cold-start.sh --smoke   3 runs each, prints the table, writes nothing (CI)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=50
+runs=100
 smoke=0
 if [ "${1:-}" = "--smoke" ]; then runs=3; smoke=1; fi
 
