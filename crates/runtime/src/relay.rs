@@ -167,24 +167,45 @@ pub fn block_termination_signals() {
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 }
 
-/// Bytes allocated under `root` (not following symlinks, not crossing into other filesystems).
+/// Bytes allocated under `root`, walked through directory descriptors opened with `O_NOFOLLOW`
+/// relative to their parent: the sandbox writes this tree while it is walked, and a directory
+/// swapped for a symlink must not lead the walk out of the workspace. Bounded to
+/// [`crate::track::MAX_ENTRIES`] entries per walk.
 pub fn usage(root: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(top) = std::fs::symlink_metadata(root) else {
+    use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, openat, statat};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let Ok(top) = openat(rustix::fs::CWD, root, flags, Mode::empty()) else {
         return 0;
     };
-    let dev = top.dev();
+    let Ok(st) = rustix::fs::fstat(&top) else {
+        return 0;
+    };
+    let dev = st.st_dev;
     let mut total = 0u64;
-    let mut stack = vec![root.to_path_buf()];
+    let mut seen = 0usize;
+    let mut stack = vec![top];
     while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
+        let Ok(entries) = Dir::read_from(&dir) else {
             continue;
         };
-        for e in rd.flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            total = total.saturating_add(m.blocks() * 512);
-            if m.is_dir() && m.dev() == dev {
-                stack.push(e.path());
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if name == c"." || name == c".." {
+                continue;
+            }
+            seen += 1;
+            if seen > crate::track::MAX_ENTRIES {
+                return total;
+            }
+            let Ok(st) = statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            total = total.saturating_add((st.st_blocks as u64).saturating_mul(512));
+            if FileType::from_raw_mode(st.st_mode) == FileType::Directory
+                && st.st_dev == dev
+                && let Ok(sub) = openat(&dir, name, flags, Mode::empty())
+            {
+                stack.push(sub);
             }
         }
     }
@@ -216,4 +237,25 @@ pub fn disk_watch(root: PathBuf, budget: u64, tx: Sender<Event>) -> Arc<AtomicBo
 /// Waits until the relay has drained its pipe (EOF), at most `limit`.
 pub fn join_bounded(d: Done, limit: Duration) {
     let _ = d.0.recv_timeout(limit);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_counts_the_tree_and_never_follows_a_symlink_out() {
+        let ws = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("big"), vec![1u8; 4 << 20]).unwrap();
+        std::fs::create_dir(ws.path().join("d")).unwrap();
+        std::fs::write(ws.path().join("d/f"), vec![1u8; 64 << 10]).unwrap();
+        let before = usage(ws.path());
+        assert!(before >= 64 << 10, "{before}");
+        std::os::unix::fs::symlink(outside.path(), ws.path().join("link")).unwrap();
+        let after = usage(ws.path());
+        assert!(after < 1 << 20, "the walk followed a symlink out: {after}");
+        // Control: walking the outside tree itself does count the 4 MiB.
+        assert!(usage(outside.path()) >= 4 << 20);
+    }
 }
