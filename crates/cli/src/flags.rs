@@ -175,6 +175,7 @@ impl OverrideArgs {
             audit: self.no_audit.then_some(false),
             redact_env: self.redact_env.clone(),
             sensitive: self.sensitive.clone(),
+            ..Default::default()
         })
     }
 }

@@ -132,6 +132,13 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
         None => std::env::current_dir()
             .map_err(|e| RunError::Workspace(format!("current directory: {e}")))?,
     };
+    // Fail closed: only the loopback-only network exists at this level so far.
+    if policy.network.mode != stockade_policy::NetworkMode::None {
+        return Err(RunError::Unsupported(format!(
+            "network mode {} is not available yet (the egress gateway is not built); use network.mode = \"none\"",
+            policy.network.mode.as_str()
+        )));
+    }
     let workspace = resolve_workspace(policy, &base)?;
     stockade_policy::check_sensitive_paths(policy, &workspace).map_err(RunError::Usage)?;
     if policy.security.landlock && stockade_jail::confine::landlock_abi() == 0 {
