@@ -139,6 +139,15 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
             policy.network.mode.as_str()
         )));
     }
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    if unsafe { libc::geteuid() } == 0 && (policy.process.uid == 0 || policy.process.gid == 0) {
+        return Err(RunError::Usage(
+            "process.uid/gid 0 inside is not supported when stockade runs as root (inside id 0 is \
+             reserved for building the sandbox; the command runs as an unused host uid); pick another \
+             id, e.g. --uid 1000"
+                .into(),
+        ));
+    }
     let workspace = resolve_workspace(policy, &base)?;
     stockade_policy::check_sensitive_paths(policy, &workspace).map_err(RunError::Usage)?;
     if policy.security.landlock && stockade_jail::confine::landlock_abi() == 0 {
