@@ -1,0 +1,10 @@
+//! # stockade-gateway: the egress gateway's decisions and parsers
+//!
+//! placeholder
+#![forbid(unsafe_code)]
+
+pub mod addr;
+pub mod rules;
+
+#[cfg(test)]
+mod testutil;
