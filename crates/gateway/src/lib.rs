@@ -5,6 +5,7 @@
 
 pub mod addr;
 pub mod rules;
+pub mod sni;
 
 #[cfg(test)]
 mod testutil;

@@ -37,7 +37,6 @@ impl Lcg {
     }
 }
 
-#[allow(dead_code)] // used by the parser tests added next
 /// Calls `f` on every prefix of `valid`, then on `rounds` copies with 1–4 random byte flips.
 pub fn mutate_each(valid: &[u8], rounds: usize, seed: u64, mut f: impl FnMut(&[u8])) {
     for end in 0..=valid.len() {
