@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod addr;
+pub mod http;
 pub mod rules;
 pub mod sni;
 
