@@ -15,9 +15,15 @@
 //!   checked per value. Every error from a file carries the file name, 1-based line and column of
 //!   the offending key or value, and the dotted key path; all problems are reported together
 //!   (a TOML syntax error stops early, as nothing after it is reliable).
-//! - **Fail closed.** Unimplemented levels (`gvisor`, `microvm`) and network modes (`allowlist`,
-//!   `open`) parse but fail validation; turning off seccomp or Landlock is an error unless
-//!   `allow_weaker_isolation` (`--allow-weaker-isolation`) is set; secret `/etc` entries are refused.
+//! - **Fail closed.** Unimplemented levels (`gvisor`, `microvm`) parse but fail validation;
+//!   turning off seccomp or Landlock is an error unless `allow_weaker_isolation`
+//!   (`--allow-weaker-isolation`) is set; `network.mode = "open"` is an error unless `allow_open`
+//!   (`--allow-open-network`) is set; secret `/etc` entries are refused.
+//! - **Network entries are checked here, enforced elsewhere.** `allow`/`deny` names and patterns,
+//!   `allow_private` CIDRs and `[network.hosts]` are validated (syntax, and agreement with the
+//!   mode) with the egress gateway's grammar or a stricter one, so a valid policy never holds an
+//!   entry the gateway refuses. The policy accepts modes `allowlist` and `open`; the runtime
+//!   refuses them until the gateway is wired in.
 //! - **One source for defaults.** [`Policy::default`] holds them; [`describe_defaults`] (for
 //!   `--help`) and [`Policy::to_toml`] (for `policy show`) both read them, and
 //!   `from_toml(to_toml(p)) == p`.
@@ -45,6 +51,7 @@
 mod duration;
 mod error;
 mod model;
+mod network;
 mod overrides;
 mod sha256;
 mod show;

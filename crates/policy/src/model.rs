@@ -254,14 +254,29 @@ impl Default for Security {
     }
 }
 
-/// Network policy.
+/// Network policy: what the egress gateway lets out. Entries are kept as written; validation
+/// checks their syntax (the gateway's grammar or stricter) and that they agree with the mode.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Network {
     pub mode: NetworkMode,
+    /// Names and patterns the sandbox may reach (`"api.github.com"`, `"*.pypi.org"`,
+    /// `"example.com:8443"`); without a port, 443 and 80.
+    pub allow: Vec<String>,
+    /// Names and patterns refused even when `allow` matches (deny wins); without a port, on
+    /// every port.
+    pub deny: Vec<String>,
+    /// CIDRs (`"127.0.0.0/8"`, `"fd00::/8"`) a name may resolve to and still be dialled;
+    /// private, loopback, link-local, CGNAT, ULA and metadata addresses are refused otherwise.
+    pub allow_private: Vec<String>,
+    /// Accept `mode = "open"` (`--allow-open-network`).
+    pub allow_open: bool,
+    /// Static names the gateway resolves itself: name → IP address.
+    pub hosts: BTreeMap<String, String>,
 }
 
-/// Network mode. Only `None` (loopback only) is implemented.
+/// Network mode. The policy accepts all three; the runtime refuses `Allowlist` and `Open` until
+/// the egress gateway is wired in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {

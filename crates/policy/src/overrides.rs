@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{PolicyError, PolicyErrors};
-use crate::model::{Mount, Policy, WorkspaceMode};
+use crate::model::{Mount, NetworkMode, Policy, WorkspaceMode};
 use crate::size::ByteSize;
 
 /// Values given on the command line. `None`/empty means "keep the policy's value".
@@ -39,6 +39,12 @@ pub struct Overrides {
     pub redact_env: Vec<String>,
     /// Added to `audit.sensitive`.
     pub sensitive: Vec<PathBuf>,
+    /// `network.mode` (`--net none|allowlist|open`).
+    pub net: Option<NetworkMode>,
+    /// Added to `network.allow` (`--allow-net NAME[:PORT]`, repeatable; duplicates ignored).
+    pub allow_net: Vec<String>,
+    /// `network.allow_open` (`--allow-open-network` sets `Some(true)`).
+    pub allow_open_network: Option<bool>,
 }
 
 /// The flag the CLI is expected to offer for each policy key (used to name flags in errors).
@@ -68,6 +74,9 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("audit.enabled", "--no-audit"),
     ("audit.redact_env", "--redact-env"),
     ("audit.sensitive", "--sensitive"),
+    ("network.mode", "--net"),
+    ("network.allow", "--allow-net"),
+    ("network.allow_open", "--allow-open-network"),
 ];
 
 fn flag(key: &str) -> &'static str {
@@ -133,6 +142,12 @@ impl Policy {
         take!(o.seccomp, p.security.seccomp, "security.seccomp");
         take!(o.landlock, p.security.landlock, "security.landlock");
         take!(o.audit, p.audit.enabled, "audit.enabled");
+        take!(o.net, p.network.mode, "network.mode");
+        take!(
+            o.allow_open_network,
+            p.network.allow_open,
+            "network.allow_open"
+        );
 
         for (k, v) in &o.env {
             p.process.env.insert(k.clone(), v.clone());
@@ -163,6 +178,28 @@ impl Policy {
                 "--sensitive",
             ));
         }
+        // A problem with the list as a whole (not one entry) is the flag's when it added to it.
+        let mut whole: Vec<(&str, &'static str)> = Vec::new();
+        for name in &o.allow_net {
+            if !p.network.allow.contains(name) {
+                p.network.allow.push(name.clone());
+                set.push((
+                    format!("network.allow[{}]", p.network.allow.len() - 1),
+                    "--allow-net",
+                ));
+                whole.push(("network.allow", "--allow-net"));
+            }
+        }
+        if o.net.is_some() {
+            for key in [
+                "network.allow",
+                "network.deny",
+                "network.allow_private",
+                "network.hosts",
+            ] {
+                whole.push((key, "--net"));
+            }
+        }
         if !o.mounts.is_empty() {
             p.filesystem
                 .mounts
@@ -185,7 +222,9 @@ impl Policy {
                 let origin = set
                     .iter()
                     .find(|(k, _)| under(&i.key, k))
-                    .map_or("policy", |(_, f)| f);
+                    .map(|(_, f)| *f)
+                    .or_else(|| whole.iter().find(|(k, _)| i.key == *k).map(|(_, f)| *f))
+                    .unwrap_or("policy");
                 PolicyError {
                     origin: origin.to_string(),
                     line: None,

@@ -85,7 +85,27 @@ const MEANINGS: &[(&str, &str)] = &[
     ),
     (
         "network.mode",
-        "network: none = loopback only (allowlist and open are not implemented yet)",
+        "network: none = loopback only; allowlist = only the names in allow, through the egress gateway; open = any public host, needs allow_open (--net)",
+    ),
+    (
+        "network.allow",
+        "names the sandbox may reach: \"api.github.com\", \"*.pypi.org\" (names below pypi.org), \"example.com:8443\"; ports 443 and 80 unless one is given (--allow-net)",
+    ),
+    (
+        "network.deny",
+        "names and patterns refused even when allow matches them (deny wins); every port unless one is given",
+    ),
+    (
+        "network.allow_private",
+        "CIDRs a name may resolve to and still be reached, e.g. \"10.1.2.3/32\"; private, loopback, link-local, CGNAT, ULA and metadata addresses are refused otherwise",
+    ),
+    (
+        "network.allow_open",
+        "accept mode = \"open\", which lets the sandbox reach any public host (--allow-open-network)",
+    ),
+    (
+        "network.hosts",
+        "static names the gateway resolves itself, \"name\" = \"IP\" (a [network.hosts] table)",
     ),
     (
         "audit.enabled",
@@ -129,18 +149,7 @@ fn value_text(p: &Policy, key: &str) -> Option<String> {
         "process.uid" => pr.uid.to_string(),
         "process.gid" => pr.gid.to_string(),
         "process.hostname" => quote(&pr.hostname),
-        "process.env" => {
-            let items: Vec<String> = pr
-                .env
-                .iter()
-                .map(|(k, v)| format!("{} = {}", quote(k), quote(v)))
-                .collect();
-            if items.is_empty() {
-                "{}".into()
-            } else {
-                format!("{{ {} }}", items.join(", "))
-            }
-        }
+        "process.env" => inline_table(&pr.env),
         "process.env_pass" => array(pr.env_pass.iter().map(|s| quote(s))),
         "limits.memory" => quote(&l.memory.to_string()),
         "limits.swap" => quote(&l.swap.to_string()),
@@ -154,6 +163,11 @@ fn value_text(p: &Policy, key: &str) -> Option<String> {
         "security.landlock" => s.landlock.to_string(),
         "security.allow_weaker_isolation" => s.allow_weaker_isolation.to_string(),
         "network.mode" => quote(p.network.mode.as_str()),
+        "network.allow" => array(p.network.allow.iter().map(|s| quote(s))),
+        "network.deny" => array(p.network.deny.iter().map(|s| quote(s))),
+        "network.allow_private" => array(p.network.allow_private.iter().map(|s| quote(s))),
+        "network.allow_open" => p.network.allow_open.to_string(),
+        "network.hosts" => inline_table(&p.network.hosts),
         "audit.enabled" => a.enabled.to_string(),
         "audit.redact_env" => array(a.redact_env.iter().map(|s| quote(s))),
         "audit.sensitive" => array(a.sensitive.iter().map(|p| quote_path(p))),
@@ -186,6 +200,14 @@ impl Policy {
                 let _ = write!(out, "\n[{sec}]\n");
             }
             let _ = writeln!(out, "# {meaning}. Default: {default}.");
+            if key == "network.hosts" && !self.network.hosts.is_empty() {
+                // A sub-table; `hosts` is the last key of [network], so nothing follows it there.
+                out.push_str("[network.hosts]\n");
+                for (k, v) in &self.network.hosts {
+                    let _ = writeln!(out, "{} = {}", quote(k), quote(v));
+                }
+                continue;
+            }
             match value_text(self, key) {
                 Some(v) => {
                     let _ = writeln!(out, "{name} = {v}");
@@ -213,6 +235,17 @@ fn mounts(ms: &[Mount]) -> String {
     }
     out.push(']');
     out
+}
+
+fn inline_table(m: &std::collections::BTreeMap<String, String>) -> String {
+    if m.is_empty() {
+        return "{}".into();
+    }
+    let items: Vec<String> = m
+        .iter()
+        .map(|(k, v)| format!("{} = {}", quote(k), quote(v)))
+        .collect();
+    format!("{{ {} }}", items.join(", "))
 }
 
 fn array(items: impl Iterator<Item = String>) -> String {

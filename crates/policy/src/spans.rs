@@ -47,7 +47,14 @@ pub(crate) const LIMITS_KEYS: &[&str] = &[
     "open_files",
 ];
 pub(crate) const SECURITY_KEYS: &[&str] = &["seccomp", "landlock", "allow_weaker_isolation"];
-pub(crate) const NETWORK_KEYS: &[&str] = &["mode"];
+pub(crate) const NETWORK_KEYS: &[&str] = &[
+    "mode",
+    "allow",
+    "deny",
+    "allow_private",
+    "allow_open",
+    "hosts",
+];
 pub(crate) const AUDIT_KEYS: &[&str] = &["enabled", "redact_env", "sensitive"];
 
 type Val<'i> = Spanned<DeValue<'i>>;
@@ -139,8 +146,16 @@ pub(crate) fn read(src: &str, origin: &str) -> (Policy, SpanMap, Vec<PolicyError
                     v,
                 ),
             }),
-            "network" => w.table("network", v, NETWORK_KEYS, |w, _, v| {
-                w.field(&mut p.network.mode, "network.mode", v)
+            "network" => w.table("network", v, NETWORK_KEYS, |w, k, v| {
+                let n = &mut p.network;
+                match k {
+                    "mode" => w.field(&mut n.mode, "network.mode", v),
+                    "allow" => w.list(&mut n.allow, "network.allow", v),
+                    "deny" => w.list(&mut n.deny, "network.deny", v),
+                    "allow_private" => w.list(&mut n.allow_private, "network.allow_private", v),
+                    "allow_open" => w.field(&mut n.allow_open, "network.allow_open", v),
+                    _ => w.hosts(&mut n.hosts, v),
+                }
             }),
             "audit" => w.table("audit", v, AUDIT_KEYS, |w, k, v| match k {
                 "enabled" => w.field(&mut p.audit.enabled, "audit.enabled", v),
@@ -241,6 +256,41 @@ impl Walk<'_> {
                 self.spans.insert(format!("{key}[{i}]"), el.span());
             }
         }
+    }
+
+    /// An array of strings, with the span of each element.
+    fn list(&mut self, slot: &mut Vec<String>, key: &str, v: &Val<'_>) {
+        self.field(slot, key, v);
+        self.element_spans(key, v);
+    }
+
+    /// `[network.hosts]`: entry by entry, so each value that is not a string is reported at its
+    /// place and the good entries are kept. Spans are recorded at each entry's name.
+    fn hosts(&mut self, slot: &mut BTreeMap<String, String>, v: &Val<'_>) {
+        let DeValue::Table(t) = v.get_ref() else {
+            self.field(slot, "network.hosts", v);
+            return;
+        };
+        self.spans.insert("network.hosts".into(), v.span());
+        let mut out = BTreeMap::new();
+        for (k, val) in t {
+            let key = format!("network.hosts.{}", k.get_ref());
+            self.spans.insert(key.clone(), k.span());
+            match String::deserialize(ValueDeserializer::from(val.clone())) {
+                Ok(ip) => {
+                    out.insert(k.get_ref().to_string(), ip);
+                }
+                Err(_) => self.push(
+                    val.span(),
+                    &key,
+                    format!(
+                        "the address must be a string such as \"127.0.0.1\", not {}",
+                        val.get_ref().type_str()
+                    ),
+                ),
+            }
+        }
+        *slot = out;
     }
 
     /// Mounts one by one, so each bad entry is reported with its index and the good ones kept.

@@ -7,7 +7,7 @@ use std::path::{Component, Path};
 use std::time::Duration;
 
 use crate::error::Issue;
-use crate::model::{Level, NetworkMode, Policy};
+use crate::model::{Level, Policy};
 use crate::size::ByteSize;
 
 /// `/etc` entries that hold secrets and are never added, nor anything containing them.
@@ -54,6 +54,7 @@ pub(crate) fn issues(p: &Policy) -> Vec<Issue> {
     process(p, &mut out);
     limits(p, &mut out);
     security(p, &mut out);
+    crate::network::issues(&p.network, &mut out);
     audit(p, &mut out);
     out
 }
@@ -75,16 +76,6 @@ fn top(p: &Policy, out: &mut Vec<Issue>) {
             format!(
                 "isolation level {} is not available yet; use level = \"container\"",
                 p.level.as_str()
-            ),
-        )),
-    }
-    match p.network.mode {
-        NetworkMode::None => {}
-        NetworkMode::Allowlist | NetworkMode::Open => out.push(Issue::new(
-            "network.mode",
-            format!(
-                "network mode {} is not implemented yet; use mode = \"none\" (loopback only)",
-                p.network.mode.as_str()
             ),
         )),
     }

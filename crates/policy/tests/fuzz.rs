@@ -1,5 +1,5 @@
 //! Fuzz-ish: deterministic pseudo-random inputs (a 64-bit LCG) that must never panic. Random
-//! bytes, random TOML-ish tokens, and random byte mutations of the sample default policy.
+//! bytes, random TOML-ish tokens, and random byte mutations of the sample policies.
 //! A real `cargo fuzz` target can reuse `Policy::from_toml` as its entry point.
 
 // A test crate: helpers outside #[test] fns panic on failure too.
@@ -58,6 +58,19 @@ fn random_tokens_never_panic() {
         "[workspace]",
         "[security]",
         "[network]",
+        "[network.hosts]",
+        "allow",
+        "deny",
+        "allow_private",
+        "allow_open",
+        "hosts",
+        "\"*.pypi.org\"",
+        "\"a.example:8443\"",
+        "\"10.0.0.0/8\"",
+        "\"fd00::/8\"",
+        "\"127.0.0.1\"",
+        "\"allowlist\"",
+        "\"open\"",
         "[audit]",
         "enabled",
         "redact_env",
@@ -135,12 +148,17 @@ fn mutated_policies_never_panic() {
         "/../../policies/strict.toml"
     ))
     .unwrap();
+    let allowlist = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../policies/allowlist.toml"
+    ))
+    .unwrap();
     let mut r = Lcg(42);
-    for i in 0..3000 {
-        let mut b = if i % 2 == 0 {
-            base.clone()
-        } else {
-            strict.clone()
+    for i in 0..4500 {
+        let mut b = match i % 3 {
+            0 => base.clone(),
+            1 => strict.clone(),
+            _ => allowlist.clone(),
         };
         for _ in 0..=r.below(8) {
             let at = r.below(b.len());

@@ -57,6 +57,9 @@ fn flags_win_over_the_file() {
         audit: Some(false),
         redact_env: vec!["TOKEN".into(), "AWS_SECRET_ACCESS_KEY".into()],
         sensitive: vec!["secrets/key.pem".into()],
+        net: Some(NetworkMode::Allowlist),
+        allow_net: vec!["api.github.com".into(), "example.com:8443".into()],
+        allow_open_network: Some(true),
     };
     p.apply(&o).unwrap();
     assert_eq!(p.workspace.path, Some(PathBuf::from("other")));
@@ -93,6 +96,9 @@ fn flags_win_over_the_file() {
         p.audit.sensitive,
         [PathBuf::from(".env"), PathBuf::from("secrets/key.pem")]
     );
+    assert_eq!(p.network.mode, NetworkMode::Allowlist);
+    assert_eq!(p.network.allow, ["api.github.com", "example.com:8443"]);
+    assert!(p.network.allow_open);
     // Untouched keys keep the file's values.
     assert_eq!(p.process.hostname, "stockade");
 }
@@ -203,7 +209,7 @@ fn problems_not_from_a_flag_are_reported_against_the_policy() {
 #[test]
 fn flags_table_covers_every_override() {
     let keys: Vec<&str> = FLAGS.iter().map(|(k, _)| *k).collect();
-    assert_eq!(keys.len(), 22);
+    assert_eq!(keys.len(), 25);
     let described: Vec<&str> = describe_defaults().iter().map(|(k, _, _)| *k).collect();
     for k in keys {
         assert!(described.contains(&k), "{k}");
@@ -253,4 +259,146 @@ fn audit_flags_override_the_file_and_errors_name_them() {
     );
     assert!(e.0[1].message.contains("under /proc"), "{e}");
     assert_eq!(p, file(), "a failed apply must not change the policy");
+}
+
+fn net_file() -> Policy {
+    Policy::from_toml(
+        "[network]\nmode = \"allowlist\"\nallow = [\"api.github.com\"]\n",
+        "policy.toml",
+    )
+    .unwrap()
+}
+
+#[test]
+fn allow_net_appends_after_the_file_and_skips_duplicates() {
+    let mut p = net_file();
+    p.apply(&Overrides {
+        allow_net: vec![
+            "*.pypi.org".into(),
+            "api.github.com".into(),
+            "example.com:8443".into(),
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        p.network.allow,
+        ["api.github.com", "*.pypi.org", "example.com:8443"]
+    );
+    assert_eq!(p.network.mode, NetworkMode::Allowlist, "mode from the file");
+}
+
+#[test]
+fn net_flag_wins_over_the_file_in_both_directions() {
+    let mut p = net_file();
+    // --net none with the file's allow list: the contradiction is the flag's doing.
+    let e = p
+        .apply(&Overrides {
+            net: Some(NetworkMode::None),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "--net: network.mode is \"none\" (loopback only), so network.allow has no effect; set \
+         network.mode = \"allowlist\" (--net allowlist) or remove it"
+    );
+    assert_eq!(p, net_file(), "a failed apply must not change the policy");
+
+    let mut q = Policy::default();
+    q.apply(&Overrides {
+        net: Some(NetworkMode::Allowlist),
+        allow_net: vec!["api.github.com".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(q.network.mode, NetworkMode::Allowlist);
+    assert_eq!(q.network.allow, ["api.github.com"]);
+}
+
+#[test]
+fn network_flag_errors_name_the_flag() {
+    // --net allowlist with nothing to allow.
+    let e = Policy::default()
+        .apply(&Overrides {
+            net: Some(NetworkMode::Allowlist),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert_eq!(e.0[0].origin, "--net");
+    assert_eq!(e.0[0].key.as_deref(), Some("network.allow"));
+    assert!(e.0[0].message.contains("(--allow-net)"), "{e}");
+
+    // --allow-net without a mode that uses it.
+    let e = Policy::default()
+        .apply(&Overrides {
+            allow_net: vec!["api.github.com".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert_eq!(e.0[0].origin, "--allow-net");
+    assert!(
+        e.0[0].message.contains("set network.mode = \"allowlist\""),
+        "{e}"
+    );
+
+    // A malformed --allow-net entry names the flag and the entry.
+    let mut p = net_file();
+    let e = p
+        .apply(&Overrides {
+            allow_net: vec!["Example.com".into(), "ok.example:0".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+    let got: Vec<(&str, &str)> =
+        e.0.iter()
+            .map(|e| (e.origin.as_str(), e.key.as_deref().unwrap()))
+            .collect();
+    assert_eq!(
+        got,
+        [
+            ("--allow-net", "network.allow[1]"),
+            ("--allow-net", "network.allow[2]"),
+        ],
+        "{e}"
+    );
+    assert_eq!(
+        e.0[0].to_string(),
+        "--allow-net: \"Example.com\": write the name in lowercase, \"example.com\""
+    );
+    assert_eq!(p, net_file());
+}
+
+#[test]
+fn open_network_needs_the_flag() {
+    let mut p = Policy::default();
+    let e = p
+        .apply(&Overrides {
+            net: Some(NetworkMode::Open),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "--net: network mode open lets the sandbox reach any public host; set \
+         network.allow_open = true (or pass --allow-open-network) to accept that, or use \
+         mode = \"allowlist\""
+    );
+    p.apply(&Overrides {
+        net: Some(NetworkMode::Open),
+        allow_open_network: Some(true),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(p.network.mode, NetworkMode::Open);
+    assert!(p.network.allow_open);
+    // The opt-in from the file is enough too.
+    let mut f = Policy::from_toml("[network]\nallow_open = true\n", "policy.toml").unwrap();
+    f.apply(&Overrides {
+        net: Some(NetworkMode::Open),
+        ..Default::default()
+    })
+    .unwrap();
 }

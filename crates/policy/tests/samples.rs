@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use stockade_policy::{ByteSize, Policy, WorkspaceMode};
+use stockade_policy::{ByteSize, NetworkMode, Policy, WorkspaceMode};
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../policies")
@@ -42,7 +42,15 @@ fn every_sample_parses_and_round_trips() {
         .filter(|n| n.ends_with(".toml"))
         .collect();
     names.sort();
-    assert_eq!(names, ["default.toml", "overlay.toml", "strict.toml"]);
+    assert_eq!(
+        names,
+        [
+            "allowlist.toml",
+            "default.toml",
+            "overlay.toml",
+            "strict.toml"
+        ]
+    );
     for name in names {
         let p = Policy::from_toml(&read(&name), &name).unwrap_or_else(|e| panic!("{e}"));
         p.validate().unwrap();
@@ -66,4 +74,14 @@ fn samples_say_what_they_claim() {
     let overlay = Policy::from_toml(&read("overlay.toml"), "overlay.toml").unwrap();
     assert_eq!(overlay.workspace.mode, WorkspaceMode::Overlay);
     assert_eq!(overlay.process.env.get("CI").map(String::as_str), Some("1"));
+    let net = Policy::from_toml(&read("allowlist.toml"), "allowlist.toml")
+        .unwrap()
+        .network;
+    assert_eq!(net.mode, NetworkMode::Allowlist);
+    assert!(net.allow.iter().any(|a| a == "*.pypi.org"));
+    assert!(net.allow.iter().any(|a| a == "api.test"));
+    assert_eq!(net.deny, ["uploads.github.com"]);
+    assert_eq!(net.allow_private, ["127.0.0.0/8"]);
+    assert_eq!(net.hosts["api.test"], "127.0.0.1");
+    assert!(!net.allow_open);
 }

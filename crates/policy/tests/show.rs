@@ -61,7 +61,19 @@ fn everything() -> Policy {
             allow_weaker_isolation: true,
         },
         network: Network {
-            mode: NetworkMode::None,
+            mode: NetworkMode::Allowlist,
+            allow: vec![
+                "api.github.com".into(),
+                "*.pypi.org".into(),
+                "example.com:8443".into(),
+            ],
+            deny: vec!["uploads.github.com".into(), "*.com".into()],
+            allow_private: vec!["127.0.0.0/8".into(), "fd00::/8".into()],
+            allow_open: true,
+            hosts: BTreeMap::from([
+                ("api.test".to_string(), "127.0.0.1".to_string()),
+                ("v6.test".to_string(), "::1".to_string()),
+            ]),
         },
         audit: Audit {
             enabled: false,
@@ -95,6 +107,9 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(d.limits.open_files, 1024);
     assert!(d.security.seccomp && d.security.landlock && !d.security.allow_weaker_isolation);
     assert_eq!(d.network.mode, NetworkMode::None);
+    assert!(d.network.allow.is_empty() && d.network.deny.is_empty());
+    assert!(d.network.allow_private.is_empty() && d.network.hosts.is_empty());
+    assert!(!d.network.allow_open);
     assert!(d.audit.enabled && d.audit.redact_env.is_empty() && d.audit.sensitive.is_empty());
 }
 
@@ -112,7 +127,7 @@ fn to_toml_round_trips() {
 fn to_toml_comments_every_key_from_describe_defaults() {
     let text = everything().to_toml();
     let defaults = describe_defaults();
-    assert_eq!(defaults.len(), 28);
+    assert_eq!(defaults.len(), 33);
     for (key, default, meaning) in &defaults {
         let name = key.rsplit('.').next().unwrap();
         let comment = format!("# {meaning}. Default: {default}.\n");
@@ -120,7 +135,13 @@ fn to_toml_comments_every_key_from_describe_defaults() {
             .find(&comment)
             .unwrap_or_else(|| panic!("no comment for {key}"));
         let next = &text[at + comment.len()..];
-        assert!(next.starts_with(&format!("{name} = ")), "{key}: {next}");
+        // A non-empty [network.hosts] is written as a sub-table under its comment.
+        let want = if *key == "network.hosts" {
+            "[network.hosts]\n".to_string()
+        } else {
+            format!("{name} = ")
+        };
+        assert!(next.starts_with(&want), "{key}: {next}");
     }
     let d: BTreeMap<_, _> = defaults.iter().map(|(k, d, _)| (*k, d.as_str())).collect();
     assert_eq!(d["limits.memory"], "\"1GiB\"");
@@ -130,6 +151,37 @@ fn to_toml_comments_every_key_from_describe_defaults() {
     assert_eq!(d["audit.enabled"], "true");
     assert_eq!(d["audit.redact_env"], "[]");
     assert_eq!(d["audit.sensitive"], "[]");
+    assert_eq!(d["network.mode"], "\"none\"");
+    assert_eq!(d["network.allow"], "[]");
+    assert_eq!(d["network.allow_open"], "false");
+    assert_eq!(d["network.hosts"], "{}");
+}
+
+#[test]
+fn network_section_is_written_with_hosts_as_a_sub_table() {
+    let p = everything();
+    let text = p.to_toml();
+    let at = text.find("\n[network]\n").expect("a [network] section");
+    let end = text.find("\n[audit]\n").expect("an [audit] section");
+    let net = &text[at..end];
+    for line in [
+        "\nmode = \"allowlist\"\n",
+        "\nallow = [\"api.github.com\", \"*.pypi.org\", \"example.com:8443\"]\n",
+        "\ndeny = [\"uploads.github.com\", \"*.com\"]\n",
+        "\nallow_private = [\"127.0.0.0/8\", \"fd00::/8\"]\n",
+        "\nallow_open = true\n",
+        "\n[network.hosts]\n\"api.test\" = \"127.0.0.1\"\n\"v6.test\" = \"::1\"\n",
+    ] {
+        assert!(net.contains(line), "{line:?} not in\n{net}");
+    }
+    let back = Policy::from_toml(&text, "shown.toml").unwrap();
+    assert_eq!(back.network, p.network);
+    // Empty hosts: an inline `hosts = {}` keeps [network] one table.
+    let d = Policy::default().to_toml();
+    assert!(
+        d.contains("\nhosts = {}\n") && !d.contains("\n[network.hosts]\n"),
+        "{d}"
+    );
 }
 
 #[test]
@@ -223,7 +275,7 @@ fn digest_is_stable_and_sensitive() {
     // Pinned: changing it changes every audit record's policy digest; do it on purpose.
     assert_eq!(
         d,
-        "7dd03f4ced07928558ec2ef92d4d1102474e8dd15954ac2d60d7cb1909d07670"
+        "90cf0ae2cebd9eee68ac4951e3e6780a0c058cecdb3648cce168db23e3a67c2a"
     );
     let mut p = Policy::default();
     p.limits.pids += 1;

@@ -67,19 +67,28 @@ fn version_and_level() {
     rejects("level = \"kvm\"", "level", "unknown variant `kvm`");
 }
 
+/// The contract since the egress gateway's policy landed: every mode validates here when its
+/// lists agree with it; the runtime (not the policy) refuses `allowlist` and `open` until the
+/// gateway is wired in. See tests/network.rs for every network rule.
 #[test]
-fn network_modes_not_implemented() {
-    rejects(
-        "[network]\nmode = \"allowlist\"",
-        "network.mode",
-        "network mode allowlist is not implemented yet",
-    );
-    rejects(
-        "[network]\nmode = \"open\"",
-        "network.mode",
-        "network mode open is not implemented yet",
-    );
+fn network_modes_validate_in_the_policy() {
+    let p = ok("[network]\nmode = \"allowlist\"\nallow = [\"api.github.com\"]");
+    assert_eq!(p.network.mode, stockade_policy::NetworkMode::Allowlist);
+    let p = ok("[network]\nmode = \"open\"\nallow_open = true");
+    assert_eq!(p.network.mode, stockade_policy::NetworkMode::Open);
     ok("[network]\nmode = \"none\"");
+    for src in [
+        "[network]\nmode = \"allowlist\"",
+        "[network]\nmode = \"open\"",
+    ] {
+        let e = one(src);
+        assert!(!e.message.contains("not implemented"), "{e}");
+    }
+    rejects(
+        "[network]\nmode = \"wide\"",
+        "network.mode",
+        "unknown variant `wide`",
+    );
 }
 
 #[test]
