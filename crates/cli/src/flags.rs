@@ -2,7 +2,9 @@
 
 use clap::Args;
 use std::path::PathBuf;
-use stockade_policy::{ByteSize, Mount, MountMode, Overrides, WorkspaceMode, parse_duration};
+use stockade_policy::{
+    ByteSize, Mount, MountMode, NetworkMode, Overrides, WorkspaceMode, parse_duration,
+};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -81,6 +83,16 @@ pub struct OverrideArgs {
     /// Turn the seccomp filter on or off (off needs --allow-weaker-isolation).
     #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
     pub seccomp: Option<String>,
+    /// Network: none (loopback only) [default], allowlist or open. allowlist/open are refused until
+    /// the egress gateway is built.
+    #[arg(long, value_name = "MODE", value_parser = ["none", "allowlist", "open"])]
+    pub net: Option<String>,
+    /// Allow NAME[:PORT] through the egress gateway (repeatable; with --net allowlist).
+    #[arg(long = "allow-net", value_name = "NAME[:PORT]")]
+    pub allow_net: Vec<String>,
+    /// Accept --net open (every destination; audited).
+    #[arg(long)]
+    pub allow_open_network: bool,
     /// Do not write the audit trail (printed as a notice).
     #[arg(long)]
     pub no_audit: bool,
@@ -177,6 +189,13 @@ impl OverrideArgs {
             audit: self.no_audit.then_some(false),
             redact_env: self.redact_env.clone(),
             sensitive: self.sensitive.clone(),
+            net: self.net.as_deref().map(|m| match m {
+                "allowlist" => NetworkMode::Allowlist,
+                "open" => NetworkMode::Open,
+                _ => NetworkMode::None,
+            }),
+            allow_net: self.allow_net.clone(),
+            allow_open_network: self.allow_open_network.then_some(true),
             ..Default::default()
         })
     }
