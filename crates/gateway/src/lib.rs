@@ -39,6 +39,7 @@
 #![forbid(unsafe_code)]
 
 pub mod addr;
+pub mod conn;
 pub mod dns;
 pub mod http;
 pub mod rules;
