@@ -2,9 +2,11 @@
 //!
 //! The host-side gateway decides, per DNS query and per connection, whether a sandbox may reach
 //! a name (see `DESIGN.md`, "Network design", and issue 4). This crate holds the pure part of that
-//! decision: everything that reads bytes the sandbox controls, and every rule applied to them.
-//! Nothing here does I/O; the gateway's sockets, the agent bridge and the audit events are wired
-//! on top of it.
+//! decision: everything that reads bytes the sandbox controls, and every rule applied to them,
+//! and [`conn`], the per-connection handler that applies them to a live socket (blocking std I/O).
+//! Not wired into sandboxes yet: the agent bridge (DNS and loopback acceptors inside the sandbox),
+//! the listener loop and the `net.*` audit events come next; until then the runtime refuses any
+//! network mode but `none`.
 //!
 //! | module    | reads                               | answers                                        |
 //! |-----------|-------------------------------------|------------------------------------------------|
@@ -13,10 +15,11 @@
 //! | [`sni`]   | first bytes of a TLS connection     | the ClientHello's `server_name`                |
 //! | [`http`]  | first bytes of an HTTP/1.x request  | method, target, `Host`, destination            |
 //! | [`dns`]   | a DNS query                         | the query, and the reply bytes                 |
+//! | [`conn`]  | one client connection               | checked, resolved, dialled, relayed; a record  |
 //!
 //! ## What it guarantees
 //!
-//! - `#![forbid(unsafe_code)]`, no I/O, no global state.
+//! - `#![forbid(unsafe_code)]`, no global state; only [`conn`] does I/O.
 //! - Parsers of untrusted bytes (`sni`, `http`, `dns`) never panic and never read past their
 //!   input; partial input is "need more", never a wrong answer; their inputs are capped (16 KiB
 //!   for a ClientHello or a request head).
@@ -27,9 +30,9 @@
 //!
 //! ## What it does not do (yet)
 //!
-//! It does not compare the three names (DNS mapping, SNI, `Host`) of one connection: that needs
-//! the connection state, which the wiring holds. No Encrypted Client Hello, no HTTP/2 preface,
-//! no IDNA.
+//! [`conn`] checks the SNI and `Host` of a connection against the name the sandbox's DNS query
+//! was mapped to; the mapping itself lives in the agent bridge, not built yet. No Encrypted
+//! Client Hello, no HTTP/2 preface, no IDNA.
 //!
 //! ## How it is tested
 //!
