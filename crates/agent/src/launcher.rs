@@ -92,9 +92,9 @@ pub fn main(allow_weaker: bool) -> i32 {
             );
             125
         }
-        Ok(Side::Sandbox(pre)) => {
+        Ok(Side::Sandbox(pre, gate)) => {
             drop(liveness);
-            pid1::run(&plan, pre, ctrl, allow_weaker)
+            pid1::run(&plan, pre, gate, ctrl, allow_weaker)
         }
         Ok(Side::Launcher(child)) => {
             drop(ctrl);

@@ -13,6 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use stockade_jail::launch::{self, CgroupGate};
 use stockade_jail::plan::{Rlimit, SandboxPlan};
 use stockade_jail::rootfs::{self, PreOpened};
 use stockade_jail::seccomp::SeccompProgram;
@@ -32,11 +33,21 @@ fn setup_failed(ctrl: &mut UnixStream, message: String) -> ! {
 }
 
 /// Runs as PID 1 until the command ends; never returns.
-pub fn run(plan: &SandboxPlan, pre: PreOpened, mut ctrl: UnixStream, allow_weaker: bool) -> ! {
+pub fn run(
+    plan: &SandboxPlan,
+    pre: PreOpened,
+    gate: CgroupGate,
+    mut ctrl: UnixStream,
+    allow_weaker: bool,
+) -> ! {
     let built = match rootfs::build(plan, pre) {
         Ok(b) => b,
         Err(e) => setup_failed(&mut ctrl, format!("building the sandbox root: {e}")),
     };
+    // The launcher joined us to our cgroups while the root was built; from here on the limits hold.
+    if let Err(e) = launch::enter_cgroups(gate) {
+        setup_failed(&mut ctrl, e.to_string());
+    }
     if let Err(e) = sys::sethostname(&plan.hostname) {
         setup_failed(&mut ctrl, format!("setting hostname: {e}"));
     }

@@ -3,9 +3,10 @@
 //!
 //! The launcher `clone`s the sandbox's first process directly into new user, mount, PID, network,
 //! IPC and UTS namespaces; that child is PID 1 of its PID namespace. While the child waits on a
-//! pipe, the launcher (still in the host's namespaces) puts it into its cgroup and writes its uid
-//! and gid maps; then it lets it go. The child enters a new cgroup namespace only after it sits in
-//! its cgroup, so /proc/self/cgroup inside shows `/`.
+//! pipe, the launcher (still in the host's namespaces) writes its uid and gid maps and lets it
+//! build its root; meanwhile it puts the child into its cgroups and then says so on the same pipe.
+//! The child enters a new cgroup namespace only after that ([`enter_cgroups`]), so
+//! /proc/self/cgroup inside shows `/`, and nothing untrusted runs before.
 //!
 //! Identity mapping:
 //! - launched by an ordinary user: the one mapping the kernel allows, sandbox uid → caller's uid;
@@ -53,8 +54,9 @@ pub struct Child {
 /// Which side of the clone we are on.
 pub enum Side {
     Launcher(Child),
-    /// In the sandbox, as PID 1, with the descriptors prepared while privileged.
-    Sandbox(crate::rootfs::PreOpened),
+    /// In the sandbox, as PID 1, with the descriptors prepared while privileged, and the pipe
+    /// on which the launcher says "you are in your cgroups" (see [`enter_cgroups`]).
+    Sandbox(crate::rootfs::PreOpened, CgroupGate),
 }
 
 fn map_text(maps: &[IdMap]) -> String {
@@ -93,8 +95,7 @@ pub fn clone_sandbox(plan: &SandboxPlan) -> Result<Side, LaunchError> {
             // SAFETY: as above.
             unsafe { libc::_exit(125) };
         }
-        sys::unshare(libc::CLONE_NEWCGROUP).map_err(le("creating cgroup namespace"))?;
-        return Ok(Side::Sandbox(pre));
+        return Ok(Side::Sandbox(pre, CgroupGate(f)));
     }
     drop(go_r);
     let pidfd = match sys::pidfd_open(pid) {
@@ -106,21 +107,53 @@ pub fn clone_sandbox(plan: &SandboxPlan) -> Result<Side, LaunchError> {
         }
     };
     let child = Child { pid, pidfd };
-    if let Err(e) = configure_child(plan, pid, root) {
+    let fail = |e: LaunchError| {
         let _ = sys::pidfd_kill(&child.pidfd, libc::SIGKILL);
         let _ = sys::waitpid(pid, 0);
-        return Err(e);
-    }
+        e
+    };
+    configure_child(plan, pid, root).map_err(fail)?;
     let mut w = fs::File::from(go_w);
-    w.write_all(b"g").map_err(le("releasing the sandbox"))?;
+    // First byte: the maps are written; the child builds its root meanwhile.
+    w.write_all(b"g")
+        .map_err(le("releasing the sandbox"))
+        .map_err(fail)?;
+    // Moving a task between v1 cgroups waits for an RCU grace period (up to ~20 ms here): done
+    // while the child builds its root, which needs no limit yet (no untrusted code runs before
+    // the child has read the second byte and its agent has been told to go).
+    for procs in &plan.cgroup_procs {
+        fs::write(procs, pid.to_string())
+            .map_err(le(format!("joining cgroup {}", procs.display())))
+            .map_err(fail)?;
+    }
+    w.write_all(b"c")
+        .map_err(le("releasing the sandbox"))
+        .map_err(fail)?;
     Ok(Side::Launcher(child))
 }
 
-fn configure_child(plan: &SandboxPlan, pid: libc::pid_t, root: bool) -> Result<(), LaunchError> {
-    for procs in &plan.cgroup_procs {
-        fs::write(procs, pid.to_string())
-            .map_err(le(format!("joining cgroup {}", procs.display())))?;
+/// The child's end of the launcher's pipe: readable once the child sits in its cgroups.
+pub struct CgroupGate(fs::File);
+
+/// Waits until the launcher has put this process into its cgroups, then enters a new cgroup
+/// namespace rooted there (so /proc/self/cgroup inside shows `/`). Call before dropping
+/// privileges and before anything untrusted runs.
+pub fn enter_cgroups(gate: CgroupGate) -> Result<(), LaunchError> {
+    let mut f = gate.0;
+    let mut b = [0u8; 1];
+    match f.read(&mut b) {
+        Ok(1) if b[0] == b'c' => {}
+        Ok(_) => {
+            return Err(le("waiting for the cgroups")(io::Error::from(
+                io::ErrorKind::UnexpectedEof,
+            )));
+        }
+        Err(e) => return Err(le("waiting for the cgroups")(e)),
     }
+    sys::unshare(libc::CLONE_NEWCGROUP).map_err(le("creating cgroup namespace"))
+}
+
+fn configure_child(plan: &SandboxPlan, pid: libc::pid_t, root: bool) -> Result<(), LaunchError> {
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     if !root {
         fs::write(proc_dir.join("setgroups"), "deny").map_err(le("writing setgroups"))?;
