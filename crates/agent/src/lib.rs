@@ -9,5 +9,6 @@
 
 pub mod changes;
 pub mod launcher;
+pub mod net;
 pub mod pid1;
 pub mod protocol;

@@ -40,6 +40,11 @@ pub fn run(
     mut ctrl: UnixStream,
     allow_weaker: bool,
 ) -> ! {
+    if plan.egress
+        && let Err(e) = crate::net::allow_low_ports()
+    {
+        setup_failed(&mut ctrl, format!("network: {e}"));
+    }
     let built = match rootfs::build(plan, pre) {
         Ok(b) => b,
         Err(e) => setup_failed(&mut ctrl, format!("building the sandbox root: {e}")),
@@ -54,6 +59,17 @@ pub fn run(
     if let Err(e) = sys::loopback_up() {
         setup_failed(&mut ctrl, format!("bringing up loopback: {e}"));
     }
+    let mut bridge = if plan.egress {
+        match crate::net::Bridge::bind() {
+            Ok(b) => Some(b),
+            Err(e) => setup_failed(
+                &mut ctrl,
+                format!("network: binding the DNS and proxy ports: {e}"),
+            ),
+        }
+    } else {
+        None
+    };
     if let Err(e) = std::env::set_current_dir(&plan.cwd) {
         setup_failed(&mut ctrl, format!("entering {}: {e}", plan.cwd.display()));
     }
@@ -136,7 +152,7 @@ pub fn run(
         kill_all_and_reap();
         exit(125);
     }
-    let termination = wait_main(pid, &sfd, &mut ctrl);
+    let termination = wait_main(pid, &sfd, &mut ctrl, bridge.as_mut());
     kill_all_and_reap();
     let (changes, changes_error) = match layer_paths {
         Some((u, l)) => match changes::overlay_changes(&u, &l, CHANGE_LIMIT) {
@@ -307,12 +323,17 @@ fn spawn(plan: &SandboxPlan) -> Result<i32, (i32, String)> {
 }
 
 /// Waits for the command, reaping orphans; a Stop message or a lost supervisor ends it early.
-fn wait_main(pid: i32, sfd: &OwnedFd, ctrl: &mut UnixStream) -> Termination {
+fn wait_main(
+    pid: i32,
+    sfd: &OwnedFd,
+    ctrl: &mut UnixStream,
+    mut bridge: Option<&mut crate::net::Bridge>,
+) -> Termination {
     loop {
         if let Some(t) = reap(pid) {
             return t;
         }
-        let mut pfd = [
+        let mut pfd = vec![
             libc::pollfd {
                 fd: sfd.as_raw_fd(),
                 events: libc::POLLIN,
@@ -324,8 +345,15 @@ fn wait_main(pid: i32, sfd: &OwnedFd, ctrl: &mut UnixStream) -> Termination {
                 revents: 0,
             },
         ];
-        // SAFETY: `pfd` is a valid array of two pollfd structs for the duration of the call.
-        let n = unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) };
+        if let Some(b) = bridge.as_deref() {
+            pfd.extend(b.fds().into_iter().map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            }));
+        }
+        // SAFETY: `pfd` is a valid array of pollfd structs of the given length for the call.
+        let n = unsafe { libc::poll(pfd.as_mut_ptr(), pfd.len() as libc::nfds_t, -1) };
         if n < 0 {
             continue;
         }
@@ -338,10 +366,24 @@ fn wait_main(pid: i32, sfd: &OwnedFd, ctrl: &mut UnixStream) -> Termination {
         if pfd[1].revents != 0 {
             match read_frame::<SupervisorMsg>(ctrl) {
                 Ok(Some(SupervisorMsg::Go)) => {} // already running; a repeated Go changes nothing
+                Ok(Some(SupervisorMsg::DnsReply {
+                    token,
+                    allowed,
+                    ports,
+                })) => {
+                    if let Some(b) = bridge.as_deref_mut() {
+                        b.reply(token, allowed, &ports);
+                    }
+                }
                 Ok(Some(SupervisorMsg::Stop)) | Ok(None) | Err(_) => {
                     kill_all_and_reap();
                     return reap_blocking(pid);
                 }
+            }
+        }
+        if let Some(b) = bridge.as_deref_mut() {
+            for p in pfd.iter().skip(2).filter(|p| p.revents != 0) {
+                b.ready(p.fd, ctrl);
             }
         }
     }

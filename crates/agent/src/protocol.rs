@@ -59,6 +59,17 @@ pub enum AgentMsg {
     SetupFailed { message: String },
     /// The command could not be executed: 127 not found, 126 not executable.
     ExecFailed { code: i32, message: String },
+    /// A DNS question from inside (egress allowlist): the supervisor answers with `DnsReply`.
+    DnsQuery {
+        token: u64,
+        name: String,
+        qtype: String,
+    },
+    /// A connection accepted on the loopback address DNS mapped to `name`; the socket itself is
+    /// attached to this frame (SCM_RIGHTS).
+    Connect { name: String, port: u16 },
+    /// A connection to the in-sandbox proxy port; the socket is attached (SCM_RIGHTS).
+    Proxy,
     /// The command ended; every other process of the sandbox has been killed.
     Exited {
         termination: Termination,
@@ -75,6 +86,86 @@ pub enum SupervisorMsg {
     Go,
     /// Kill everything and report (timeout, limit, Ctrl-C).
     Stop,
+    /// The gateway's answer to a `DnsQuery`: may the name be reached, and on which ports.
+    DnsReply {
+        token: u64,
+        allowed: bool,
+        ports: Vec<u16>,
+    },
+}
+
+/// Writes one frame with a descriptor attached to its first byte.
+pub fn write_frame_with_fd<T: Serialize>(
+    sock: &std::os::unix::net::UnixStream,
+    msg: &T,
+    fd: std::os::fd::RawFd,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&body);
+    stockade_jail::sys::send_with_fd(sock.as_raw_fd(), &buf, fd)
+}
+
+/// Reads frames and the descriptors passed with them, in order.
+pub struct FdFrameReader {
+    sock: std::os::unix::net::UnixStream,
+    buf: Vec<u8>,
+    fds: std::collections::VecDeque<std::os::fd::OwnedFd>,
+}
+
+impl FdFrameReader {
+    pub fn new(sock: std::os::unix::net::UnixStream) -> Self {
+        FdFrameReader {
+            sock,
+            buf: Vec::new(),
+            fds: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The next frame; `Ok(None)` at a clean end. Descriptors that came with it wait in
+    /// [`FdFrameReader::take_fd`].
+    pub fn next_frame<T: for<'de> Deserialize<'de>>(&mut self) -> io::Result<Option<T>> {
+        use std::os::fd::AsRawFd;
+        loop {
+            if self.buf.len() >= 4 {
+                let n = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+                    as usize;
+                if n > MAX_FRAME {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "frame too large",
+                    ));
+                }
+                if self.buf.len() >= 4 + n {
+                    let msg: T = serde_json::from_slice(&self.buf[4..4 + n])
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    self.buf.drain(..4 + n);
+                    return Ok(Some(msg));
+                }
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            let (got, fds) = stockade_jail::sys::recv_with_fds(self.sock.as_raw_fd(), &mut chunk)?;
+            self.fds.extend(fds);
+            if got == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "truncated frame",
+                    ))
+                };
+            }
+            self.buf.extend_from_slice(&chunk[..got]);
+        }
+    }
+
+    /// The oldest descriptor received and not yet claimed.
+    pub fn take_fd(&mut self) -> Option<std::os::fd::OwnedFd> {
+        self.fds.pop_front()
+    }
 }
 
 /// Writes one frame.

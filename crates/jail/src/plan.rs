@@ -130,4 +130,7 @@ pub struct SandboxPlan {
     pub landlock: LandlockPlan,
     /// Compiled seccomp program (see `seccomp::SeccompProgram::to_bytes`), or None when disabled.
     pub seccomp: Option<Vec<u8>>,
+    /// Network mode allowlist: the agent serves DNS and hands connections to the gateway.
+    #[serde(default)]
+    pub egress: bool,
 }

@@ -20,6 +20,18 @@ pub struct AuditOptions {
     pub observers: Vec<Observer>,
 }
 
+/// A handle other threads use to record events into a sandbox's trail.
+#[derive(Clone)]
+pub struct Emitter(Arc<Mutex<Recorder>>);
+
+impl Emitter {
+    pub fn emit(&self, exec_id: Option<&str>, kind: EventKind) {
+        if let Ok(mut r) = self.0.lock() {
+            let _ = r.emit(exec_id, kind);
+        }
+    }
+}
+
 pub struct Audit {
     rec: Arc<Mutex<Recorder>>,
     log: PathBuf,
@@ -58,6 +70,10 @@ impl Audit {
             rec: Arc::new(Mutex::new(rec)),
             error: Mutex::new(None),
         })
+    }
+
+    pub fn emitter(&self) -> Emitter {
+        Emitter(self.rec.clone())
     }
 
     pub fn log_path(&self) -> &Path {

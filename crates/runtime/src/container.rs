@@ -133,11 +133,10 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
             .map_err(|e| RunError::Workspace(format!("current directory: {e}")))?,
     };
     // Fail closed: only the loopback-only network exists at this level so far.
-    if policy.network.mode != stockade_policy::NetworkMode::None {
-        return Err(RunError::Unsupported(format!(
-            "network mode {} is not available yet (the egress gateway is not built); use network.mode = \"none\"",
-            policy.network.mode.as_str()
-        )));
+    if policy.network.mode == stockade_policy::NetworkMode::Open {
+        return Err(RunError::Unsupported(
+            "network mode open is not available yet; use network.mode = \"allowlist\" with the names the sandbox needs".into(),
+        ));
     }
     // SAFETY: geteuid takes no arguments and cannot fail.
     if unsafe { libc::geteuid() } == 0 && (policy.process.uid == 0 || policy.process.gid == 0) {
@@ -385,6 +384,13 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
         .then(|| relay::disk_watch(workspace.to_path_buf(), policy.limits.disk.0, tx.clone()));
     drop(tx);
 
+    let egress = match policy.network.mode {
+        stockade_policy::NetworkMode::Allowlist => {
+            Some(crate::egress::Egress::from_policy(policy).map_err(RunError::Usage)?)
+        }
+        _ => None,
+    };
+    let emitter = audit.map(Audit::emitter);
     let deadline = Instant::now() + policy.limits.timeout;
     let mut reason = EndReason::Exited;
     let mut enforced = None;
@@ -409,6 +415,30 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
         let ev = rx.recv_timeout(wait_until.saturating_duration_since(now));
         match ev {
             Ok(Event::Agent(AgentMsg::Started { .. })) => tracing::debug!("phase: command started"),
+            Ok(Event::Agent(AgentMsg::DnsQuery { token, name, qtype })) => {
+                let (allowed, ports) = match &egress {
+                    Some(e) => e.dns(&name, &qtype, emitter.as_ref(), exec_id),
+                    None => (false, Vec::new()),
+                };
+                let _ = write_frame(
+                    &mut ctrl,
+                    &SupervisorMsg::DnsReply {
+                        token,
+                        allowed,
+                        ports,
+                    },
+                );
+            }
+            Ok(Event::Handoff(msg, fd)) => {
+                if let Some(e) = &egress {
+                    let target = match msg {
+                        AgentMsg::Connect { name, port } => Some((name, port)),
+                        _ => None,
+                    };
+                    e.serve(fd, target, emitter.clone(), exec_id.to_string());
+                }
+            }
+            Ok(Event::Agent(AgentMsg::Connect { .. } | AgentMsg::Proxy)) => {}
             Ok(Event::Agent(AgentMsg::Ready { enforced: e })) => {
                 exec_started = Some(Instant::now());
                 if let Some(a) = audit {

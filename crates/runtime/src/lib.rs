@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod container;
+pub mod egress;
 pub mod error;
 pub mod kmsg;
 pub mod plan;

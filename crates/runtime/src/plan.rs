@@ -265,9 +265,14 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
         ),
         mode: 0o644,
     });
+    let egress = policy.network.mode == stockade_policy::NetworkMode::Allowlist;
     ops.push(RootOp::File {
         path: "/etc/resolv.conf".into(),
-        contents: "# stockade: no network (loopback only)\n".into(),
+        contents: if egress {
+            "# stockade: names resolve through the egress gateway (allowlist)\nnameserver 127.0.0.53\n".into()
+        } else {
+            "# stockade: no network (loopback only)\n".into()
+        },
         mode: 0o644,
     });
     ops.push(RootOp::Dir {
@@ -375,7 +380,29 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
         },
         cwd: ws.clone(),
         argv: argv.to_vec(),
-        env: environment(policy, &host.env),
+        env: {
+            let mut env = environment(policy, &host.env);
+            if egress {
+                // For tools that prefer a proxy; enforcement never depends on them.
+                let proxy = format!("http://{}", stockade_agent::net::PROXY_ADDR);
+                for k in [
+                    "HTTP_PROXY",
+                    "HTTPS_PROXY",
+                    "ALL_PROXY",
+                    "http_proxy",
+                    "https_proxy",
+                    "all_proxy",
+                ] {
+                    env.retain(|(ek, _)| ek != k);
+                    env.push((k.to_string(), proxy.clone()));
+                }
+                for k in ["NO_PROXY", "no_proxy"] {
+                    env.retain(|(ek, _)| ek != k);
+                    env.push((k.to_string(), "localhost,127.0.0.1,::1".to_string()));
+                }
+            }
+            env
+        },
         // No RLIMIT_FSIZE: one file may use the whole budget, and reaching the budget must end in
         // ENOSPC (tmpfs) or the watcher's named stop, never a silent SIGXFSZ.
         rlimits: vec![Rlimit::NoFile(l.open_files), Rlimit::Core(0)],
@@ -383,6 +410,7 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
         cgroup_dirs: extras.cgroup_dirs,
         landlock,
         seccomp: extras.seccomp,
+        egress,
     }
 }
 

@@ -9,11 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
-use stockade_agent::protocol::{AgentMsg, read_frame};
+use stockade_agent::protocol::AgentMsg;
 
 #[derive(Debug)]
 pub enum Event {
     Agent(AgentMsg),
+    /// A connection the agent handed over, with its socket.
+    Handoff(AgentMsg, std::os::fd::OwnedFd),
     ControlClosed,
     OutputLimit,
     DiskLimit,
@@ -45,10 +47,11 @@ impl OutputBudget {
     }
 }
 
-pub fn control_reader(mut ctrl: UnixStream, tx: Sender<Event>) {
+pub fn control_reader(ctrl: UnixStream, tx: Sender<Event>) {
     std::thread::spawn(move || {
+        let mut r = stockade_agent::protocol::FdFrameReader::new(ctrl);
         loop {
-            match read_frame::<AgentMsg>(&mut ctrl) {
+            match r.next_frame::<AgentMsg>() {
                 Ok(Some(m)) => {
                     let last = matches!(
                         m,
@@ -56,7 +59,14 @@ pub fn control_reader(mut ctrl: UnixStream, tx: Sender<Event>) {
                             | AgentMsg::SetupFailed { .. }
                             | AgentMsg::ExecFailed { .. }
                     );
-                    if tx.send(Event::Agent(m)).is_err() || last {
+                    let ev = match m {
+                        AgentMsg::Connect { .. } | AgentMsg::Proxy => match r.take_fd() {
+                            Some(fd) => Event::Handoff(m, fd),
+                            None => continue, // a hand-off without its socket: nothing to serve
+                        },
+                        other => Event::Agent(other),
+                    };
+                    if tx.send(ev).is_err() || last {
                         return;
                     }
                 }

@@ -1,0 +1,252 @@
+//! End-to-end tests of network mode `allowlist` (issue 4, first slice): DNS through the agent,
+//! per-name loopback addresses, the proxy port, the host-side gateway, and the `net.*` events.
+//! All traffic stays on 127.0.0.0/8: an HTTP server on 127.0.0.2 is the allowed upstream
+//! (`api.test`), a canary on 127.0.0.3 (`evil.test`) counts connections and must count zero.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A tiny HTTP server on `ip`: answers every request with "hello from IP", counts connections.
+fn server(ip: &str) -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind((ip, 0)).expect("bind a loopback test server");
+    let port = l.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let body = format!("hello from {ip}");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            c.fetch_add(1, Ordering::SeqCst);
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    (port, count)
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    events: Vec<serde_json::Value>,
+}
+
+fn run(policy: &str, script: &str, extra: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let pol = dir.path().join("policy.toml");
+    std::fs::write(&pol, policy).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_stockade"))
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("run")
+        .arg("--policy")
+        .arg(&pol)
+        .arg("--workspace")
+        .arg(&ws)
+        .args(extra)
+        .arg("--")
+        .args(["python3", "-c", script])
+        .output()
+        .expect("run stockade");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        events: events(&state),
+    }
+}
+
+fn events(state: &Path) -> Vec<serde_json::Value> {
+    let Ok(rd) = std::fs::read_dir(state.join("sandboxes")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for d in rd.flatten() {
+        let text = std::fs::read_to_string(d.path().join("events.jsonl")).unwrap_or_default();
+        out.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+        );
+    }
+    out
+}
+
+fn of_type<'a>(r: &'a Run, ty: &str) -> Vec<&'a serde_json::Value> {
+    r.events.iter().filter(|e| e["type"] == ty).collect()
+}
+
+fn policy(port: u16, allow_private: &str) -> String {
+    format!(
+        "[network]\nmode = \"allowlist\"\nallow = [\"api.test:{port}\"]\nallow_private = [{allow_private}]\n\
+         [network.hosts]\n\"api.test\" = \"127.0.0.2\"\n\"evil.test\" = \"127.0.0.3\"\n"
+    )
+}
+
+#[test]
+fn an_allowed_name_works_through_the_proxy_and_without_it() {
+    let (port, hits) = server("127.0.0.2");
+    let (_cport, canary) = server("127.0.0.3");
+    let script = format!(
+        "import urllib.request, socket\n\
+         print(urllib.request.urlopen('http://api.test:{port}/', timeout=10).read().decode())\n\
+         s = socket.create_connection(('api.test', {port}), timeout=10)\n\
+         s.sendall(b'GET / HTTP/1.1\\r\\nHost: api.test:{port}\\r\\nConnection: close\\r\\n\\r\\n')\n\
+         data = b''\n\
+         while True:\n    c = s.recv(4096)\n    if not c: break\n    data += c\n\
+         print(data.decode().split('\\r\\n\\r\\n')[1])\n"
+    );
+    let r = run(&policy(port, "\"127.0.0.2/32\""), &script, &[]);
+    assert_eq!(r.code, 0, "stdout {} stderr {}", r.stdout, r.stderr);
+    assert_eq!(r.stdout, "hello from 127.0.0.2\nhello from 127.0.0.2\n");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "one connection by proxy, one direct"
+    );
+    assert_eq!(canary.load(Ordering::SeqCst), 0);
+    let connects = of_type(&r, "net.connect");
+    assert_eq!(connects.len(), 2, "{:?}", r.events);
+    for c in &connects {
+        assert_eq!(c["name"], "api.test");
+        assert_eq!(c["port"], port);
+        assert_eq!(c["decision"], "allowed");
+        assert_eq!(c["reason"], "allowed");
+        assert!(c["bytes_in"].as_u64().unwrap() > 0 && c["bytes_out"].as_u64().unwrap() > 0);
+    }
+    assert!(
+        of_type(&r, "net.dns")
+            .iter()
+            .any(|d| d["name"] == "api.test" && d["decision"] == "allowed")
+    );
+}
+
+#[test]
+fn an_unlisted_name_gets_nxdomain_and_reaches_nothing() {
+    let (port, hits) = server("127.0.0.2");
+    let (cport, canary) = server("127.0.0.3");
+    let script = format!(
+        "import socket, urllib.request\n\
+         try:\n    socket.getaddrinfo('evil.test', {cport}); print('resolved')\n\
+         except socket.gaierror as e: print('gaierror', e.errno)\n\
+         try:\n    urllib.request.urlopen('http://evil.test:{cport}/', timeout=10); print('fetched')\n\
+         except urllib.error.HTTPError as e: print('http', e.code, e.headers.get('X-Stockade-Reason'))\n"
+    );
+    let r = run(&policy(port, "\"127.0.0.2/32\""), &script, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // -2 is EAI_NONAME: NXDOMAIN. The proxy answers 403 with the reason.
+    assert_eq!(r.stdout, "gaierror -2\nhttp 403 denied:not_in_allowlist\n");
+    assert_eq!(
+        canary.load(Ordering::SeqCst),
+        0,
+        "the canary must count zero"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    assert!(
+        of_type(&r, "net.dns")
+            .iter()
+            .any(|d| d["name"] == "evil.test"
+                && d["decision"] == "denied"
+                && d["reason"] == "denied:not_in_allowlist")
+    );
+    assert!(
+        of_type(&r, "net.connect")
+            .iter()
+            .any(|c| c["reason"] == "denied:not_in_allowlist")
+    );
+    // Control: the same name in the allowlist resolves and is fetched.
+    let allowed = format!(
+        "[network]\nmode = \"allowlist\"\nallow = [\"evil.test:{cport}\"]\nallow_private = [\"127.0.0.3/32\"]\n\
+         [network.hosts]\n\"evil.test\" = \"127.0.0.3\"\n"
+    );
+    let c = run(
+        &allowed,
+        &format!(
+            "import urllib.request\nprint(urllib.request.urlopen('http://evil.test:{cport}/', timeout=10).read().decode())\n"
+        ),
+        &[],
+    );
+    assert_eq!(c.stdout, "hello from 127.0.0.3\n", "{}", c.stderr);
+    assert_eq!(canary.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_hard_coded_ip_and_a_private_resolution_are_refused() {
+    let (port, hits) = server("127.0.0.2");
+    // The sandbox's 127.0.0.2 is its own loopback: nothing listens there.
+    let script = format!(
+        "import socket, urllib.request\n\
+         try:\n    socket.create_connection(('127.0.0.2', {port}), timeout=5); print('connected')\n\
+         except OSError as e: print('ip', e.errno)\n\
+         try:\n    urllib.request.urlopen('http://api.test:{port}/', timeout=10); print('fetched')\n\
+         except urllib.error.HTTPError as e: print('http', e.code, e.headers.get('X-Stockade-Reason'))\n"
+    );
+    // No allow_private: api.test resolves to a loopback address of the host, which is refused.
+    let r = run(&policy(port, ""), &script, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "ip 111\nhttp 403 denied:loopback_address\n");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "nothing may reach the server"
+    );
+    assert!(
+        of_type(&r, "net.connect")
+            .iter()
+            .any(|c| c["reason"] == "denied:loopback_address")
+    );
+}
+
+#[test]
+fn a_host_header_naming_another_host_is_refused() {
+    let (port, hits) = server("127.0.0.2");
+    let script = format!(
+        "import socket\n\
+         s = socket.create_connection(('api.test', {port}), timeout=10)\n\
+         s.sendall(b'GET / HTTP/1.1\\r\\nHost: evil.test\\r\\n\\r\\n')\n\
+         print(repr(s.recv(100)))\n"
+    );
+    let r = run(&policy(port, "\"127.0.0.2/32\""), &script, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "b''\n", "the gateway closes without relaying");
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    assert!(
+        of_type(&r, "net.connect")
+            .iter()
+            .any(|c| c["reason"] == "denied:host_mismatch")
+    );
+}
+
+#[test]
+fn without_the_allowlist_there_is_no_resolver_at_all() {
+    let (port, hits) = server("127.0.0.2");
+    let script = "import socket\ntry:\n    socket.getaddrinfo('api.test', 80); print('resolved')\nexcept socket.gaierror as e: print('gaierror')\n";
+    let r = run("", script, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "gaierror\n");
+    assert!(of_type(&r, "net.dns").is_empty());
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    let _ = port;
+}

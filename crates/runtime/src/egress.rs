@@ -1,0 +1,115 @@
+//! The supervisor's side of network mode `allowlist`: the gateway built from the policy, the
+//! answer to each DNS question of the agent, and one thread per connection the agent hands over.
+//! Every answer and every connection is a `net.dns` / `net.connect` audit event.
+
+use crate::audit::Emitter;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, TcpStream};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use stockade_audit::{Decision, EventKind};
+use stockade_gateway::addr::{AddrPolicy, Cidr};
+use stockade_gateway::conn::{Gateway, Verdict};
+use stockade_gateway::rules::{self, Rules};
+use stockade_policy::Policy;
+
+pub struct Egress {
+    rules: Rules,
+    gateway: Arc<Gateway>,
+}
+
+impl Egress {
+    pub fn from_policy(p: &Policy) -> Result<Egress, String> {
+        let n = &p.network;
+        let rules = Rules::new(&n.allow, &n.deny).map_err(|e| e.to_string())?;
+        let cidrs = n
+            .allow_private
+            .iter()
+            .map(|c| Cidr::parse(c).map_err(|e| format!("network.allow_private {c:?}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut hosts = BTreeMap::new();
+        for (name, ip) in &n.hosts {
+            let ip: IpAddr = ip
+                .parse()
+                .map_err(|e| format!("network.hosts {name:?}: {e}"))?;
+            hosts.insert(name.to_ascii_lowercase(), ip);
+        }
+        let gateway = Gateway::new(rules.clone(), AddrPolicy::new(cidrs), hosts);
+        Ok(Egress {
+            rules,
+            gateway: Arc::new(gateway),
+        })
+    }
+
+    /// Decides a DNS question: (allowed, ports) and records `net.dns`.
+    pub fn dns(
+        &self,
+        name: &str,
+        qtype: &str,
+        audit: Option<&Emitter>,
+        exec_id: &str,
+    ) -> (bool, Vec<u16>) {
+        let (allowed, reason) = match self.rules.decide_name(name) {
+            rules::Decision::Allowed => (true, "allowed"),
+            rules::Decision::Denied(r) => (false, r.code()),
+        };
+        let ports: Vec<u16> = if allowed {
+            self.rules.allowed_ports(name).into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        if let Some(a) = audit {
+            a.emit(
+                Some(exec_id),
+                EventKind::NetDns {
+                    name: name.to_string(),
+                    qtype: qtype.to_string(),
+                    decision: if allowed {
+                        Decision::Allowed
+                    } else {
+                        Decision::Denied
+                    },
+                    reason: reason.to_string(),
+                    answers: Vec::new(),
+                },
+            );
+        }
+        (allowed, ports)
+    }
+
+    /// Serves one connection the agent handed over, on its own thread.
+    pub fn serve(
+        &self,
+        fd: OwnedFd,
+        target: Option<(String, u16)>,
+        audit: Option<Emitter>,
+        exec_id: String,
+    ) {
+        let gw = self.gateway.clone();
+        std::thread::spawn(move || {
+            let client = TcpStream::from(fd);
+            let rec = match &target {
+                Some((name, port)) => gw.handle_transparent(client, name, *port),
+                None => gw.handle_proxy(client),
+            };
+            if let Some(a) = audit {
+                a.emit(
+                    Some(&exec_id),
+                    EventKind::NetConnect {
+                        name: rec.name.clone(),
+                        port: rec.port,
+                        decision: if rec.verdict == Verdict::Allowed {
+                            Decision::Allowed
+                        } else {
+                            Decision::Denied
+                        },
+                        reason: rec.reason.to_string(),
+                        bytes_out: rec.bytes_out,
+                        bytes_in: rec.bytes_in,
+                        duration_ms: rec.duration_ms,
+                    },
+                );
+            }
+        });
+    }
+}
