@@ -83,8 +83,8 @@ pub struct OverrideArgs {
     /// Turn the seccomp filter on or off (off needs --allow-weaker-isolation).
     #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
     pub seccomp: Option<String>,
-    /// Network: none (loopback only) [default], allowlist or open. allowlist/open are refused until
-    /// the egress gateway is built.
+    /// Network: none (loopback only) [default], allowlist (only --allow-net names, through the
+    /// egress gateway) or open (not available yet).
     #[arg(long, value_name = "MODE", value_parser = ["none", "allowlist", "open"])]
     pub net: Option<String>,
     /// Allow NAME[:PORT] through the egress gateway (repeatable; with --net allowlist).

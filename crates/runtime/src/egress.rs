@@ -7,15 +7,30 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use stockade_audit::{Decision, EventKind};
 use stockade_gateway::addr::{AddrPolicy, Cidr};
 use stockade_gateway::conn::{Gateway, Verdict};
 use stockade_gateway::rules::{self, Rules};
 use stockade_policy::Policy;
 
+/// Connections served at once per sandbox; past it new ones are closed and recorded as refused,
+/// so a sandbox cannot make the supervisor start threads without bound.
+pub const MAX_CONNECTIONS: usize = 256;
+
 pub struct Egress {
     rules: Rules,
     gateway: Arc<Gateway>,
+    active: Arc<AtomicUsize>,
+}
+
+/// Gives a connection slot back when its thread ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Egress {
@@ -38,6 +53,7 @@ impl Egress {
         Ok(Egress {
             rules,
             gateway: Arc::new(gateway),
+            active: Arc::default(),
         })
     }
 
@@ -85,8 +101,30 @@ impl Egress {
         audit: Option<Emitter>,
         exec_id: String,
     ) {
+        if self.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            self.active.fetch_sub(1, Ordering::SeqCst);
+            drop(fd);
+            if let Some(a) = audit {
+                let (name, port) = target.unwrap_or_default();
+                a.emit(
+                    Some(&exec_id),
+                    EventKind::NetConnect {
+                        name,
+                        port,
+                        decision: Decision::Denied,
+                        reason: "denied:too_many_connections".into(),
+                        bytes_out: 0,
+                        bytes_in: 0,
+                        duration_ms: 0,
+                    },
+                );
+            }
+            return;
+        }
+        let slot = Slot(self.active.clone());
         let gw = self.gateway.clone();
         std::thread::spawn(move || {
+            let _slot = slot;
             let client = TcpStream::from(fd);
             let rec = match &target {
                 Some((name, port)) => gw.handle_transparent(client, name, *port),
