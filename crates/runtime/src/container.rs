@@ -523,6 +523,16 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
     if let Some(v) = violations.take() {
         v.finish();
     }
+    if let Some(n) = egress
+        .as_ref()
+        .map(crate::egress::Egress::dns_suppressed)
+        .filter(|n| *n > 0)
+    {
+        notices.push(format!(
+            "audit: {n} DNS questions past the first {} were answered but not recorded",
+            crate::egress::MAX_DNS_EVENTS
+        ));
+    }
     if let Some(r) = reads {
         r.finish();
     }

@@ -17,11 +17,15 @@ use stockade_policy::Policy;
 /// Connections served at once per sandbox; past it new ones are closed and recorded as refused,
 /// so a sandbox cannot make the supervisor start threads without bound.
 pub const MAX_CONNECTIONS: usize = 256;
+/// `net.dns` events recorded per sandbox; past it decisions go on but only the count of the
+/// suppressed ones is kept, so DNS queries cannot grow the host's audit log without bound.
+pub const MAX_DNS_EVENTS: usize = 10_000;
 
 pub struct Egress {
     rules: Rules,
     gateway: Arc<Gateway>,
     active: Arc<AtomicUsize>,
+    dns_events: AtomicUsize,
 }
 
 /// Gives a connection slot back when its thread ends.
@@ -54,6 +58,7 @@ impl Egress {
             rules,
             gateway: Arc::new(gateway),
             active: Arc::default(),
+            dns_events: AtomicUsize::new(0),
         })
     }
 
@@ -74,7 +79,8 @@ impl Egress {
         } else {
             Vec::new()
         };
-        if let Some(a) = audit {
+        let recorded = self.dns_events.fetch_add(1, Ordering::SeqCst);
+        if let Some(a) = audit.filter(|_| recorded < MAX_DNS_EVENTS) {
             a.emit(
                 Some(exec_id),
                 EventKind::NetDns {
@@ -94,6 +100,13 @@ impl Egress {
     }
 
     /// Serves one connection the agent handed over, on its own thread.
+    /// DNS questions answered but not recorded (past [`MAX_DNS_EVENTS`]).
+    pub fn dns_suppressed(&self) -> usize {
+        self.dns_events
+            .load(Ordering::SeqCst)
+            .saturating_sub(MAX_DNS_EVENTS)
+    }
+
     pub fn serve(
         &self,
         fd: OwnedFd,
