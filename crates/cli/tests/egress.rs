@@ -294,3 +294,109 @@ fn metadata_udp_ipv6_and_data_carrying_queries_have_no_way_out() {
                 && d["decision"] == "denied")
     );
 }
+
+/// A TLS server for `api.test` on 127.0.0.2 with a certificate from a fresh test CA; returns the
+/// port, the CA in PEM and a connection counter.
+fn tls_server() -> (u16, String, Arc<AtomicUsize>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "stockade test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["api.test".to_string()]).unwrap();
+    leaf.distinguished_name.push(DnType::CommonName, "api.test");
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap(),
+    );
+    let l = TcpListener::bind(("127.0.0.2", 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            c.fetch_add(1, Ordering::SeqCst);
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let mut conn = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = rustls::Stream::new(&mut conn, &mut s);
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tls.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nhello tls",
+                );
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    (port, ca_cert.pem(), count)
+}
+
+#[test]
+fn tls_through_the_gateway_checks_the_sni_against_the_name() {
+    let (port, ca, hits) = tls_server();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca).unwrap();
+    let pol = format!(
+        "[network]\nmode = \"allowlist\"\nallow = [\"api.test:{port}\"]\nallow_private = [\"127.0.0.2/32\"]\n\
+         [network.hosts]\n\"api.test\" = \"127.0.0.2\"\n\n[[filesystem.mounts]]\nhost = \"{}\"\npath = \"/ca\"\n",
+        dir.path().display()
+    );
+    let script = format!(
+        "import ssl, socket, urllib.request\n\
+         ctx = ssl.create_default_context(cafile='/ca/ca.pem')\n\
+         print(urllib.request.urlopen('https://api.test:{port}/', context=ctx, timeout=10).read().decode())\n\
+         raw = socket.create_connection(('api.test', {port}), timeout=10)\n\
+         t = ctx.wrap_socket(raw, server_hostname='api.test')\n\
+         t.sendall(b'GET / HTTP/1.1\\r\\nHost: api.test\\r\\n\\r\\n')\n\
+         print(t.recv(100).split(b'\\r\\n\\r\\n')[1].decode())\n\
+         raw = socket.create_connection(('api.test', {port}), timeout=10)\n\
+         bad = ssl.create_default_context(); bad.check_hostname = False; bad.verify_mode = ssl.CERT_NONE\n\
+         try:\n    bad.wrap_socket(raw, server_hostname='evil.test'); print('handshake')\n\
+         except OSError as e: print('fronting refused')\n"
+    );
+    let r = run(&pol, &script, &[]);
+    assert_eq!(r.code, 0, "stdout {} stderr {}", r.stdout, r.stderr);
+    assert_eq!(r.stdout, "hello tls\nhello tls\nfronting refused\n");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "the mismatched SNI must not reach the server"
+    );
+    let reasons: Vec<_> = of_type(&r, "net.connect")
+        .iter()
+        .map(|c| c["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        reasons.contains(&"denied:sni_mismatch".to_string()),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "allowed").count(),
+        2,
+        "{reasons:?}"
+    );
+}
