@@ -400,3 +400,38 @@ fn tls_through_the_gateway_checks_the_sni_against_the_name() {
         "{reasons:?}"
     );
 }
+
+#[test]
+fn curl_works_with_and_without_the_proxy_and_a_literal_ip_does_not() {
+    let (port, hits) = server("127.0.0.2");
+    // curl run from python so the probe reports each exit status on its own line.
+    let script = format!(
+        "import subprocess\n\
+         def c(*a):\n    r = subprocess.run(['curl', '-sS', '--max-time', '10', *a], capture_output=True, text=True)\n    return r.returncode, r.stdout\n\
+         print(c('http://api.test:{port}/'))\n\
+         print(c('--noproxy', '*', 'http://api.test:{port}/'))\n\
+         print(c('--noproxy', '*', 'https://1.2.3.4/')[0])\n\
+         print(c('-f', 'http://1.2.3.4:{port}/')[0])\n"
+    );
+    let r = run(&policy(port, "\"127.0.0.2/32\""), &script, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // 7: could not connect (a literal address has no route and no listener inside);
+    // 22: through the proxy the literal address gets a 403 (curl -f).
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines[0], "(0, 'hello from 127.0.0.2')", "{}", r.stdout);
+    assert_eq!(lines[1], "(0, 'hello from 127.0.0.2')", "{}", r.stdout);
+    assert_eq!(
+        lines[2], "7",
+        "a literal IP without the proxy must not connect: {}",
+        r.stdout
+    );
+    assert_eq!(lines[3], "22", "{}", r.stdout);
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    assert!(
+        of_type(&r, "net.connect")
+            .iter()
+            .any(|c| c["reason"] == "denied:ip_literal"),
+        "{:?}",
+        r.events
+    );
+}
