@@ -84,7 +84,7 @@ pub struct OverrideArgs {
     #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
     pub seccomp: Option<String>,
     /// Network: none (loopback only) [default], allowlist (only --allow-net names, through the
-    /// egress gateway) or open (not available yet).
+    /// egress gateway) or open (every name through the gateway; needs --allow-open-network).
     #[arg(long, value_name = "MODE", value_parser = ["none", "allowlist", "open"])]
     pub net: Option<String>,
     /// Allow NAME[:PORT] through the egress gateway (repeatable; with --net allowlist).

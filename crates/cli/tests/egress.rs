@@ -435,3 +435,44 @@ fn curl_works_with_and_without_the_proxy_and_a_literal_ip_does_not() {
         r.events
     );
 }
+
+#[test]
+fn open_mode_needs_its_flag_reaches_any_name_but_the_denied_and_is_recorded() {
+    let (port, hits) = server("127.0.0.2");
+    let pol = "[network]\nmode = \"open\"\nallow_open = true\ndeny = [\"blocked.test\"]\n\
+               allow_private = [\"127.0.0.2/32\"]\n[network.hosts]\n\"whatever.test\" = \"127.0.0.2\"\n\
+               \"blocked.test\" = \"127.0.0.2\"\n";
+    let script = format!(
+        "import urllib.request\n\
+         print(urllib.request.urlopen('http://whatever.test:{port}/', timeout=10).read().decode())\n\
+         try:\n    urllib.request.urlopen('http://blocked.test:{port}/', timeout=10); print('fetched')\n\
+         except urllib.error.HTTPError as e: print('http', e.code, e.headers.get('X-Stockade-Reason'))\n"
+    );
+    let r = run(pol, &script, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "hello from 127.0.0.2\nhttp 403 denied:in_denylist\n"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert!(
+        r.stderr.contains("weaker isolation: network open"),
+        "{}",
+        r.stderr
+    );
+    let created = of_type(&r, "sandbox.created");
+    assert!(
+        created[0]["enforced"]["weakenings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("network open")),
+        "{:?}",
+        created
+    );
+    // Control: without allow_open the same policy is refused before anything starts.
+    let refused = run(&pol.replace("allow_open = true\n", ""), "print('ran')", &[]);
+    assert_eq!(refused.code, 125);
+    assert!(refused.stderr.contains("allow_open"), "{}", refused.stderr);
+    assert!(refused.events.is_empty());
+}

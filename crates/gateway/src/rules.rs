@@ -157,6 +157,8 @@ struct Pattern {
 pub struct Rules {
     allow: Vec<Pattern>,
     deny: Vec<Pattern>,
+    /// Network mode `open`: every valid name is allowed on every port, unless denied.
+    open: bool,
 }
 
 impl Rules {
@@ -179,7 +181,17 @@ impl Rules {
         Ok(Rules {
             allow: parse_list(ListKind::Allow, allow)?,
             deny: parse_list(ListKind::Deny, deny)?,
+            open: false,
         })
+    }
+
+    /// Network mode `open`: every valid name on every port, except what `deny` names. Names are
+    /// still checked against the grammar (IP literals stay refused), and the address policy
+    /// still applies after resolution.
+    pub fn open(deny: &[String]) -> Result<Rules, RuleError> {
+        let mut r = Rules::new(&[], deny)?;
+        r.open = true;
+        Ok(r)
     }
 
     /// May a connection to `name` on `port` go out? `name` is checked against the same grammar
@@ -199,9 +211,10 @@ impl Rules {
         {
             return Decision::Denied(Reason::InDenylist);
         }
-        let allowed = self.allow.iter().any(|p| {
-            p.host.matches(&name) && p.port.map_or(DEFAULT_PORTS.contains(&port), |q| q == port)
-        });
+        let allowed = self.open
+            || self.allow.iter().any(|p| {
+                p.host.matches(&name) && p.port.map_or(DEFAULT_PORTS.contains(&port), |q| q == port)
+            });
         if allowed {
             Decision::Allowed
         } else {
@@ -213,6 +226,10 @@ impl Rules {
     /// view: a name gets an answer only when this set is not empty.
     pub fn allowed_ports(&self, name: &str) -> BTreeSet<u16> {
         let mut candidates = BTreeSet::new();
+        if self.open {
+            // Transparent listeners on the default ports; any other port goes through the proxy.
+            candidates.extend(DEFAULT_PORTS);
+        }
         for p in &self.allow {
             match p.port {
                 Some(q) => {
@@ -328,3 +345,36 @@ fn parse_port(s: &str) -> Result<u16, NameError> {
 #[cfg(test)]
 #[path = "rules_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+mod open_tests {
+    use super::*;
+
+    #[test]
+    fn open_allows_every_valid_name_and_port_but_the_denied() {
+        let r = Rules::open(&["uploads.example.com".to_string()]).unwrap();
+        assert_eq!(r.decide("anything.example.org", 8443), Decision::Allowed);
+        assert_eq!(
+            r.decide("uploads.example.com", 443),
+            Decision::Denied(Reason::InDenylist)
+        );
+        assert_eq!(
+            r.decide("1.2.3.4", 443),
+            Decision::Denied(Reason::IpLiteral)
+        );
+        assert_eq!(
+            r.allowed_ports("a.example.org"),
+            BTreeSet::from(DEFAULT_PORTS)
+        );
+        assert_eq!(
+            r.decide_name("uploads.example.com"),
+            Decision::Denied(Reason::InDenylist)
+        );
+        // Control: the same name under an empty allowlist is refused.
+        let closed = Rules::new(&[], &[]).unwrap();
+        assert_eq!(
+            closed.decide("anything.example.org", 8443),
+            Decision::Denied(Reason::NotInAllowlist)
+        );
+    }
+}

@@ -134,9 +134,10 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
     };
     // Fail closed: only the loopback-only network exists at this level so far.
     if policy.network.mode == stockade_policy::NetworkMode::Open {
-        return Err(RunError::Unsupported(
-            "network mode open is not available yet; use network.mode = \"allowlist\" with the names the sandbox needs".into(),
-        ));
+        // Allowed by the policy only with allow_open (--allow-open-network); said, and recorded.
+        notices.push(
+            "weaker isolation: network open: every name is reachable through the egress gateway (audited; private addresses still refused)".into(),
+        );
     }
     // SAFETY: geteuid takes no arguments and cannot fail.
     if unsafe { libc::geteuid() } == 0 && (policy.process.uid == 0 || policy.process.gid == 0) {
@@ -385,7 +386,7 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
     drop(tx);
 
     let egress = match policy.network.mode {
-        stockade_policy::NetworkMode::Allowlist => {
+        stockade_policy::NetworkMode::Allowlist | stockade_policy::NetworkMode::Open => {
             Some(crate::egress::Egress::from_policy(policy).map_err(RunError::Usage)?)
         }
         _ => None,

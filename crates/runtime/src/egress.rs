@@ -40,7 +40,11 @@ impl Drop for Slot {
 impl Egress {
     pub fn from_policy(p: &Policy) -> Result<Egress, String> {
         let n = &p.network;
-        let rules = Rules::new(&n.allow, &n.deny).map_err(|e| e.to_string())?;
+        let rules = match n.mode {
+            stockade_policy::NetworkMode::Open => Rules::open(&n.deny),
+            _ => Rules::new(&n.allow, &n.deny),
+        }
+        .map_err(|e| e.to_string())?;
         let cidrs = n
             .allow_private
             .iter()

@@ -265,7 +265,10 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
         ),
         mode: 0o644,
     });
-    let egress = policy.network.mode == stockade_policy::NetworkMode::Allowlist;
+    let egress = matches!(
+        policy.network.mode,
+        stockade_policy::NetworkMode::Allowlist | stockade_policy::NetworkMode::Open
+    );
     ops.push(RootOp::File {
         path: "/etc/resolv.conf".into(),
         contents: if egress {
