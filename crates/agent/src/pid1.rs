@@ -77,7 +77,6 @@ pub fn run(
         let (res, v, what) = match *r {
             Rlimit::NoFile(v) => (libc::RLIMIT_NOFILE, v, "open files"),
             Rlimit::Core(v) => (libc::RLIMIT_CORE, v, "core size"),
-            Rlimit::FileSize(v) => (libc::RLIMIT_FSIZE, v, "file size"),
         };
         if let Err(e) = sys::lower_rlimit(res, v) {
             setup_failed(&mut ctrl, format!("setting the {what} limit: {e}"));

@@ -97,8 +97,6 @@ pub struct LandlockPlan {
 pub enum Rlimit {
     NoFile(u64),
     Core(u64),
-    /// Largest file the sandbox may write (bytes), a cheap first line of the disk budget.
-    FileSize(u64),
 }
 
 /// Everything the launcher needs.
@@ -113,9 +111,9 @@ pub struct SandboxPlan {
     pub uid: u32,
     pub gid: u32,
     pub hostname: String,
-    /// Size of the one tmpfs that backs /tmp, HOME and an overlay's upper layer: the disk budget.
+    /// Size of the one tmpfs that backs /tmp, HOME, /dev/shm and an overlay's upper layer: the
+    /// disk budget.
     pub scratch_bytes: u64,
-    pub shm_bytes: u64,
     pub home: PathBuf,
     pub root_ops: Vec<RootOp>,
     pub workspace: WorkspacePlan,

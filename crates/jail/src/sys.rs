@@ -393,12 +393,6 @@ pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
     check_int(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) }).map(drop)
 }
 
-/// Clears FD_CLOEXEC so `fd` survives exec (used right before exec of the launcher).
-pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl with F_SETFD and an integer flag takes no pointers.
-    check_int(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }).map(drop)
-}
-
 /// Closes every descriptor from `first` upward except those listed (close_range where possible).
 pub fn close_fds_from(first: RawFd) -> io::Result<()> {
     // SAFETY: close_range takes integers only; descriptors >= `first` are by contract not owned by

@@ -85,9 +85,6 @@ pub fn resolve_workspace(policy: &Policy, base: &Path) -> Result<PathBuf, RunErr
         .and_then(|h| std::fs::canonicalize(h).ok());
     stockade_policy::check_workspace_dir(policy, &canon, home.as_deref())
         .map_err(RunError::Workspace)?;
-    if policy.workspace.mode == WorkspaceMode::Tmp {
-        return Ok(canon);
-    }
     Ok(canon)
 }
 

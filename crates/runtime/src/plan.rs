@@ -367,7 +367,6 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
         gid: p.gid,
         hostname: p.hostname.clone(),
         scratch_bytes: l.disk.0,
-        shm_bytes: l.disk.0,
         home: PathBuf::from(SANDBOX_HOME),
         root_ops: ops,
         workspace: WorkspacePlan {
