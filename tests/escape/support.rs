@@ -1,0 +1,641 @@
+//! The escape suite's harness: canaries planted on the host, a real `stockade run` of a probe,
+//! and the three checks every case makes — the attack was refused (a specific errno, signal or
+//! exit), the canaries prove nothing got through, and the expected audit event was written.
+//!
+//! Probes are small Python programs (the sandbox sees the host's read-only /usr) that print one
+//! JSON object as their last line: `{"name": ["ok", value]}` or `{"name": ["err", errno]}`, so a
+//! refusal is checked by its exact errno. Probes never receive a canary's *value*, only where it
+//! is (a path, a port, a socket name); a leak would have to be found by the probe itself.
+
+#![allow(dead_code)] // each category file uses its own subset
+
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const EPERM: i64 = libc::EPERM as i64;
+pub const ENOENT: i64 = libc::ENOENT as i64;
+pub const EACCES: i64 = libc::EACCES as i64;
+pub const EROFS: i64 = libc::EROFS as i64;
+pub const ENOSYS: i64 = libc::ENOSYS as i64;
+pub const EINVAL: i64 = libc::EINVAL as i64;
+pub const EBADF: i64 = libc::EBADF as i64;
+pub const ENETUNREACH: i64 = libc::ENETUNREACH as i64;
+pub const ECONNREFUSED: i64 = libc::ECONNREFUSED as i64;
+pub const EAFNOSUPPORT: i64 = libc::EAFNOSUPPORT as i64;
+
+/// Helpers every probe gets: `t(name, f)` records f's value or its errno; `sc(nr, ...)` is a raw
+/// syscall returning `[ret, errno]` (errno 0 on success); `read`/`write` of whole files.
+pub const PRELUDE: &str = r#"
+import ctypes, errno, json, os, socket, struct, sys, time
+R = {}
+def t(name, f):
+    try:
+        R[name] = ["ok", f()]
+    except OSError as e:
+        R[name] = ["err", e.errno]
+libc = ctypes.CDLL(None, use_errno=True)
+def sc(*a):
+    ctypes.set_errno(0)
+    r = libc.syscall(*[ctypes.c_long(x) for x in a])
+    return [r, ctypes.get_errno() if r == -1 else 0]
+def read(p):
+    with open(p) as f:
+        return f.read()
+def readb(p):
+    with open(p, "rb") as f:
+        return f.read()
+def write(p, s):
+    with open(p, "w") as f:
+        return f.write(s)
+def done():
+    print(json.dumps(R))
+"#;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_stockade")
+}
+
+/// Violation events come from the kernel's audit records of the sandbox's unique host uid, which
+/// only a root-launched sandbox has; CI runs as root.
+pub fn require_root(what: &str) {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "{what}: the escape suite needs root (unique host uid for violation events, cgroups, \
+         fanotify); CI runs it as root"
+    );
+}
+
+/// A name no other run uses.
+pub fn unique(tag: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "esc-{tag}-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst),
+        nanos % 1_000_000_000
+    )
+}
+
+pub fn ok<T: Into<Value>>(v: T) -> Value {
+    json!(["ok", v.into()])
+}
+
+pub fn err(errno: i64) -> Value {
+    json!(["err", errno])
+}
+
+/// Polls `cond` until it holds, failing after `secs` with `what`.
+pub fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// --- canaries -----------------------------------------------------------------------------------
+
+/// A TCP listener on the host that counts connections and keeps what it was sent.
+pub struct TcpCanary {
+    pub addr: SocketAddr,
+    count: Arc<AtomicUsize>,
+    received: Arc<Mutex<Vec<u8>>>,
+}
+
+impl TcpCanary {
+    pub fn bind(ip: &str) -> TcpCanary {
+        let l = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind canary on {ip}: {e}"));
+        let addr = l.local_addr().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (c, r) = (count.clone(), received.clone());
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\ncanary");
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        r.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                });
+            }
+        });
+        TcpCanary {
+            addr,
+            count,
+            received,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    pub fn received(&self) -> Vec<u8> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Control: the host itself reaches this canary, and it counts the connection.
+    pub fn assert_reachable_from_host(&self) {
+        let before = self.connections();
+        let _s = std::net::TcpStream::connect(self.addr).unwrap();
+        wait_for("the host's control connection to the canary", 10, || {
+            self.connections() > before
+        });
+    }
+}
+
+/// An abstract unix socket server in the host's network namespace, counting connections.
+pub struct UnixCanary {
+    pub name: String,
+    count: Arc<AtomicUsize>,
+}
+
+impl UnixCanary {
+    pub fn bind() -> UnixCanary {
+        let name = unique("unix");
+        let addr = UnixAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let l = UnixListener::bind_addr(&addr).unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = count.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                if let Ok(mut s) = s {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let _ = s.write_all(b"canary");
+                }
+            }
+        });
+        UnixCanary { name, count }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Control: the host itself reaches the abstract socket.
+    pub fn assert_reachable_from_host(&self) {
+        let before = self.connections();
+        let addr = UnixAddr::from_abstract_name(self.name.as_bytes()).unwrap();
+        let _s = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap();
+        wait_for(
+            "the host's control connection to the unix canary",
+            10,
+            || self.connections() > before,
+        );
+    }
+}
+
+/// Everything a case plants on the host before the attack.
+pub struct Canaries {
+    _dir: tempfile::TempDir,
+    /// A secret file outside the workspace (under /opt: no bind covers it).
+    pub file: PathBuf,
+    pub file_secret: String,
+    file_mtime: std::time::SystemTime,
+    /// A secret in stockade's own environment.
+    pub env_name: &'static str,
+    pub env_secret: String,
+    /// TCP canaries on 127.0.0.1 and 127.0.0.2.
+    pub tcp1: TcpCanary,
+    pub tcp2: TcpCanary,
+    /// An abstract unix socket in the host network namespace.
+    pub unix: UnixCanary,
+}
+
+pub const ENV_SECRET_NAME: &str = "STOCKADE_ESCAPE_HOST_TOKEN";
+
+impl Canaries {
+    pub fn plant() -> Canaries {
+        let dir = tempfile::Builder::new()
+            .prefix("stockade-escape-secret-")
+            .tempdir_in("/opt")
+            .unwrap();
+        let file = dir.path().join("secret.txt");
+        let file_secret = format!("FILE-SECRET-{}", unique("f"));
+        std::fs::write(&file, &file_secret).unwrap();
+        let file_mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+        Canaries {
+            _dir: dir,
+            file,
+            file_secret,
+            file_mtime,
+            env_name: ENV_SECRET_NAME,
+            env_secret: format!("ENV-SECRET-{}", unique("e")),
+            tcp1: TcpCanary::bind("127.0.0.1"),
+            tcp2: TcpCanary::bind("127.0.0.2"),
+            unix: UnixCanary::bind(),
+        }
+    }
+
+    pub fn file_str(&self) -> &str {
+        self.file.to_str().unwrap()
+    }
+
+    /// Nothing got through: no canary value anywhere the sandbox could have put it (its output,
+    /// its workspace, the audit trail), the secret file unchanged, no connection to any canary.
+    pub fn assert_nothing_got_through(&self, run: &Run) {
+        for secret in [&self.file_secret, &self.env_secret] {
+            assert!(
+                !run.stdout.contains(secret.as_str()),
+                "{}: a canary value reached the sandbox's stdout\n{}",
+                run.label,
+                run.stdout
+            );
+            assert!(
+                !run.stderr.contains(secret.as_str()),
+                "{}: a canary value reached the sandbox's stderr\n{}",
+                run.label,
+                run.stderr
+            );
+            assert!(
+                !run.events_text.contains(secret.as_str()),
+                "{}: a canary value reached the audit trail",
+                run.label
+            );
+            if let Some(p) = find_in_tree(run.ws.path(), secret.as_bytes()) {
+                panic!(
+                    "{}: a canary value was written into the workspace: {}",
+                    run.label,
+                    p.display()
+                );
+            }
+        }
+        assert_eq!(
+            std::fs::read_to_string(&self.file).unwrap(),
+            self.file_secret,
+            "{}: the secret file was changed",
+            run.label
+        );
+        assert_eq!(
+            std::fs::metadata(&self.file).unwrap().modified().unwrap(),
+            self.file_mtime,
+            "{}: the secret file was touched",
+            run.label
+        );
+        for (name, c) in [("127.0.0.1", &self.tcp1), ("127.0.0.2", &self.tcp2)] {
+            assert_eq!(
+                c.connections(),
+                0,
+                "{}: the sandbox reached the TCP canary on {name} (received {:?})",
+                run.label,
+                String::from_utf8_lossy(&c.received())
+            );
+        }
+        assert_eq!(
+            self.unix.connections(),
+            0,
+            "{}: the sandbox reached the host's abstract unix socket",
+            run.label
+        );
+    }
+}
+
+/// The first file under `dir` containing `needle`, if any.
+pub fn find_in_tree(dir: &Path, needle: &[u8]) -> Option<PathBuf> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file()
+                && std::fs::read(&p)
+                    .map(|b| b.windows(needle.len()).any(|w| w == needle))
+                    .unwrap_or(false)
+            {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+// --- running a probe ----------------------------------------------------------------------------
+
+/// A policy with the network allowlist on, naming one local test host: `api.test` on 127.0.0.3
+/// (the probe's only permitted destination, at `port`); `evil.test` maps to the 127.0.0.2
+/// canary but is not allowed.
+pub fn allowlist_policy(port: u16) -> String {
+    format!(
+        "[network]\nmode = \"allowlist\"\nallow = [\"api.test:{port}\"]\n\
+         allow_private = [\"127.0.0.3/32\"]\n\
+         [network.hosts]\n\"api.test\" = \"127.0.0.3\"\n\"evil.test\" = \"127.0.0.2\"\n"
+    )
+}
+
+/// One `stockade run` of a probe, configured before it runs.
+pub struct Sandbox {
+    label: String,
+    policy: Option<String>,
+    flags: Vec<String>,
+    env: Vec<(String, String)>,
+    leaked: Vec<OwnedFd>,
+    ws_files: Vec<(String, Vec<u8>)>,
+    ws: Option<tempfile::TempDir>,
+}
+
+/// What a run left: its exit, output, probe result and audit trail.
+pub struct Run {
+    pub label: String,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub events: Vec<Value>,
+    events_text: String,
+    pub ws: tempfile::TempDir,
+    pub state: tempfile::TempDir,
+}
+
+impl Sandbox {
+    /// A sandbox with the default policy; `label` names the case in failures.
+    pub fn new(label: &str) -> Sandbox {
+        Sandbox {
+            label: label.to_string(),
+            policy: None,
+            flags: Vec::new(),
+            env: Vec::new(),
+            leaked: Vec::new(),
+            ws_files: Vec::new(),
+            ws: None,
+        }
+    }
+
+    pub fn policy(mut self, toml: &str) -> Sandbox {
+        self.policy = Some(toml.to_string());
+        self
+    }
+
+    pub fn flag(mut self, f: &str) -> Sandbox {
+        self.flags.push(f.to_string());
+        self
+    }
+
+    pub fn flags(mut self, fs: &[&str]) -> Sandbox {
+        self.flags.extend(fs.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Sets `k=v` in stockade's own environment (not passed inside unless a flag says so).
+    pub fn host_env(mut self, k: &str, v: &str) -> Sandbox {
+        self.env.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    /// Plants the canaries' environment secret in stockade's environment.
+    pub fn with_canaries(self, c: &Canaries) -> Sandbox {
+        let (k, v) = (c.env_name.to_string(), c.env_secret.clone());
+        self.host_env(&k, &v)
+    }
+
+    /// Starts stockade with `fd` open (not close-on-exec) at fd number 10 + its index.
+    pub fn leak_fd(mut self, fd: OwnedFd) -> Sandbox {
+        self.leaked.push(fd);
+        self
+    }
+
+    /// A file created in the workspace before the run (`rel` relative to it).
+    pub fn ws_file(mut self, rel: &str, content: &[u8]) -> Sandbox {
+        self.ws_files.push((rel.to_string(), content.to_vec()));
+        self
+    }
+
+    /// Uses `dir` as the workspace instead of a fresh one.
+    pub fn workspace(mut self, dir: tempfile::TempDir) -> Sandbox {
+        self.ws = Some(dir);
+        self
+    }
+
+    /// Runs the Python probe `body` (after PRELUDE; it should end with `done()`).
+    pub fn python(self, body: &str, args: &[&str]) -> Run {
+        let script = format!("{PRELUDE}\n{body}\n");
+        let mut argv = vec!["/usr/bin/python3".to_string(), "-c".to_string(), script];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        self.command(&argv)
+    }
+
+    /// Runs `argv` in the sandbox.
+    pub fn command<S: AsRef<str>>(self, argv: &[S]) -> Run {
+        let state = tempfile::Builder::new()
+            .prefix("stockade-escape-state-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let ws = match self.ws {
+            Some(ws) => ws,
+            None => tempfile::Builder::new()
+                .prefix("stockade-escape-ws-")
+                .tempdir_in("/tmp")
+                .unwrap(),
+        };
+        for (rel, content) in &self.ws_files {
+            let p = ws.path().join(rel);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).unwrap();
+            }
+            std::fs::write(p, content).unwrap();
+        }
+        let mut c = Command::new(bin());
+        c.arg("--state-dir").arg(state.path()).arg("run");
+        if let Some(p) = &self.policy {
+            let path = state.path().join("policy.toml");
+            std::fs::write(&path, p).unwrap();
+            c.arg("--policy").arg(path);
+        }
+        c.arg("--workspace")
+            .arg(ws.path())
+            .args(["--timeout", "120s"])
+            .args(&self.flags)
+            .arg("--")
+            .args(argv.iter().map(AsRef::as_ref));
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        let raw: Vec<i32> = self.leaked.iter().map(AsRawFd::as_raw_fd).collect();
+        if !raw.is_empty() {
+            // SAFETY: the closure runs in the forked child before exec and calls only dup2, which
+            // is async-signal-safe; `raw` is moved in and only read. dup2 onto 10+i gives a
+            // descriptor without FD_CLOEXEC, so it survives into stockade.
+            unsafe {
+                c.pre_exec(move || {
+                    for (i, fd) in raw.iter().enumerate() {
+                        let target = 10 + i as i32;
+                        if libc::dup2(*fd, target) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let out = c.output().unwrap();
+        let (events, events_text) = read_events(state.path());
+        let run = Run {
+            label: self.label,
+            code: out.status.code(),
+            signal: std::os::unix::process::ExitStatusExt::signal(&out.status),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            events,
+            events_text,
+            ws,
+            state,
+        };
+        assert_ne!(
+            run.code,
+            Some(127),
+            "{}: command not found (exit 127) — a missing binary is a failure, not a block\n{}",
+            run.label,
+            run.stderr
+        );
+        assert_ne!(
+            run.code,
+            Some(125),
+            "{}: stockade itself failed (exit 125)\n{}",
+            run.label,
+            run.stderr
+        );
+        run
+    }
+}
+
+/// Every event of every sandbox under `state` (and the raw text, for leak checks).
+pub fn read_events(state: &Path) -> (Vec<Value>, String) {
+    let mut events = Vec::new();
+    let mut text = String::new();
+    if let Ok(rd) = std::fs::read_dir(state.join("sandboxes")) {
+        for d in rd.flatten() {
+            let t = std::fs::read_to_string(d.path().join("events.jsonl")).unwrap_or_default();
+            for l in t.lines() {
+                if let Ok(v) = serde_json::from_str::<Value>(l) {
+                    events.push(v);
+                }
+            }
+            text.push_str(&t);
+        }
+    }
+    (events, text)
+}
+
+impl Run {
+    /// The probe's result: the last stdout line as JSON.
+    pub fn result(&self) -> Value {
+        let last = self.stdout.lines().last().unwrap_or_else(|| {
+            panic!(
+                "{}: the probe printed nothing (exit {:?}, signal {:?})\nstderr: {}",
+                self.label, self.code, self.signal, self.stderr
+            )
+        });
+        serde_json::from_str(last).unwrap_or_else(|e| {
+            panic!(
+                "{}: probe output is not JSON ({e}): {:?}\nstderr: {}",
+                self.label, self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// `result()[key]`, failing with the whole result when the probe did not record it.
+    pub fn get(&self, key: &str) -> Value {
+        let r = self.result();
+        let v = r[key].clone();
+        assert!(
+            !v.is_null(),
+            "{}: probe recorded no {key:?}: {r}",
+            self.label
+        );
+        v
+    }
+
+    /// Asserts the probe recorded `key` as `want` (use `ok(..)`/`err(..)`).
+    pub fn expect(&self, key: &str, want: Value) -> &Run {
+        let got = self.get(key);
+        assert_eq!(got, want, "{}: {key}: {}", self.label, self.result());
+        self
+    }
+
+    /// Asserts the command exited with `code`.
+    pub fn expect_exit(&self, code: i32) -> &Run {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "{}: exit {:?} signal {:?}\nstdout: {}\nstderr: {}",
+            self.label,
+            self.code,
+            self.signal,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    pub fn of_type(&self, ty: &str) -> Vec<&Value> {
+        self.events.iter().filter(|e| e["type"] == ty).collect()
+    }
+
+    /// The first event of `ty` that `pred` accepts; fails listing the whole trail otherwise.
+    pub fn event(&self, ty: &str, pred: impl Fn(&Value) -> bool) -> &Value {
+        self.events
+            .iter()
+            .find(|e| e["type"] == ty && pred(e))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: no matching {ty} event in the audit trail:\n{}",
+                    self.label, self.events_text
+                )
+            })
+    }
+
+    /// A seccomp violation event naming `syscall`.
+    pub fn expect_syscall_violation(&self, syscall: &str) -> &Value {
+        self.event("violation", |e| {
+            e["kind"] == "syscall" && e["syscall"] == syscall
+        })
+    }
+
+    /// The trail's exec.exited records the probe's exit code (the attempt is written down).
+    pub fn expect_exec_recorded(&self) -> &Value {
+        let code = self.code.unwrap_or(-1);
+        self.event("exec.exited", |e| {
+            e["exit_code"] == code || (code > 128 && e["signal"] == code - 128)
+        })
+    }
+
+    /// The sandbox was torn down cleanly, nothing left over.
+    pub fn expect_clean_end(&self) -> &Value {
+        self.event("sandbox.destroyed", |e| {
+            e["clean"] == true && e["leftovers"] == json!([])
+        })
+    }
+}
