@@ -184,11 +184,9 @@ impl UnixCanary {
         let count = Arc::new(AtomicUsize::new(0));
         let c = count.clone();
         std::thread::spawn(move || {
-            for s in l.incoming() {
-                if let Ok(mut s) = s {
-                    c.fetch_add(1, Ordering::SeqCst);
-                    let _ = s.write_all(b"canary");
-                }
+            for mut s in l.incoming().flatten() {
+                c.fetch_add(1, Ordering::SeqCst);
+                let _ = s.write_all(b"canary");
             }
         });
         UnixCanary { name, count }
