@@ -69,9 +69,17 @@ pub fn parse_head(buf: &[u8]) -> HeadResult {
     }
 }
 
+/// The first framing fault in `b`, in byte order: a NUL, a CR not followed by LF, or an LF not
+/// preceded by CR (a CR as the last byte may start a CRLF still to come). In byte order, so the
+/// code is the same however the bytes were split into reads.
 fn check_bytes(b: &[u8]) -> Result<(), &'static str> {
-    if b.contains(&0) {
-        return Err("nul_byte");
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            0 => return Err("nul_byte"),
+            b'\r' if b.get(i + 1).is_some_and(|&n| n != b'\n') => return Err("bare_cr"),
+            b'\n' if i == 0 || b[i - 1] != b'\r' => return Err("bare_lf"),
+            _ => {}
+        }
     }
     Ok(())
 }

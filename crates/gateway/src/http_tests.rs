@@ -209,6 +209,29 @@ fn refusals_with_codes() {
     assert_eq!(h.method, "POST");
 }
 
+/// The refusal code is the first fault in byte order, whatever has arrived after it (found by
+/// fuzzing: `\r\x9a\n` was `bare_cr` before the LF came and `bare_lf` after it, and a NUL
+/// arriving after a bare CR turned `bare_cr` into `nul_byte`).
+#[test]
+fn same_code_whatever_the_read_boundaries() {
+    for full in [
+        &b"GET / HTTP/1.1\r\x9a\nHost: a\r\n\r\n"[..],
+        &b"GET / HTTP/1.1\r\x08Host: a\0\r\n\r\n"[..],
+    ] {
+        assert_eq!(malformed(full), "bare_cr");
+        for end in 16..full.len() {
+            assert_eq!(
+                parse_head(&full[..end]),
+                HeadResult::Malformed("bare_cr"),
+                "{end}"
+            );
+        }
+    }
+    // The earlier fault wins whichever kind it is.
+    assert_eq!(malformed(b"GET / HTTP/1.1\nX\rY\r\n\r\n"), "bare_lf");
+    assert_eq!(malformed(b"GET / HTTP/1.1\0\nX\rY\r\n\r\n"), "nul_byte");
+}
+
 #[test]
 fn size_cap_at_16_kib() {
     let mut b = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();

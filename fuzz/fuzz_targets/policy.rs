@@ -1,0 +1,11 @@
+//! Fuzz target `policy`: the body and the properties it checks are
+//! `stockade_fuzz_harness::policy` (crates/fuzz-harness), which `cargo test` also replays.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use stockade_fuzz_harness::alloc::PeakAlloc;
+
+#[global_allocator]
+static ALLOC: PeakAlloc = PeakAlloc;
+
+fuzz_target!(|data: &[u8]| stockade_fuzz_harness::policy(data));
