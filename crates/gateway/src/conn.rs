@@ -38,8 +38,11 @@ use std::time::{Duration, Instant};
 
 use crate::addr::AddrPolicy;
 use crate::http::{self, Form, HeadResult};
+use crate::intercept::{Interceptor, SecretEvent};
 use crate::rules::{self, Decision, Rules};
+use crate::secrets::SecretSet;
 use crate::sni::{self, SniResult};
+use std::sync::Arc;
 
 /// Largest first-bytes window read before a decision (a ClientHello or a request head).
 pub const MAX_PEEK: usize = 16 * 1024;
@@ -78,6 +81,8 @@ pub struct ConnectRecord {
     pub duration_ms: u64,
     /// The upstream address dialled, if any.
     pub peer: Option<SocketAddr>,
+    /// What secrets did on this connection (`secret.used` / `secret.refused`).
+    pub secrets: Vec<SecretEvent>,
 }
 
 /// A refusal or failure before relaying: the code and whether it is a denial.
@@ -110,6 +115,7 @@ pub struct Gateway {
     hosts: BTreeMap<String, IpAddr>,
     peek_timeout: Duration,
     dial_timeout: Duration,
+    interceptor: Option<Arc<Interceptor>>,
 }
 
 impl Gateway {
@@ -125,7 +131,79 @@ impl Gateway {
             hosts,
             peek_timeout: PEEK_TIMEOUT,
             dial_timeout: DIAL_TIMEOUT,
+            interceptor: None,
         }
+    }
+
+    /// Injects secrets: TLS to a host with a secret bound is intercepted by `i`; placeholders
+    /// seen in plaintext traffic are refused.
+    pub fn with_interceptor(mut self, i: Arc<Interceptor>) -> Gateway {
+        self.interceptor = Some(i);
+        self
+    }
+
+    fn secrets(&self) -> Option<&SecretSet> {
+        self.interceptor
+            .as_deref()
+            .map(Interceptor::secrets)
+            .filter(|s| !s.is_empty())
+    }
+
+    /// After the first bytes passed: TLS to a bound host is intercepted; plaintext is scanned
+    /// for placeholders; anything else is relayed as it is.
+    /// `dialled` is the upstream connection when it was made already (CONNECT).
+    fn forward(
+        &self,
+        client: &TcpStream,
+        first: &[u8],
+        name: &str,
+        port: u16,
+        rec: &mut ConnectRecord,
+        dialled: Option<TcpStream>,
+    ) -> Result<(), Stop> {
+        let dial = |rec: &mut ConnectRecord, dialled: Option<TcpStream>| match dialled {
+            Some(u) => Ok(u),
+            None => self.resolve_and_dial(name, port, rec),
+        };
+        let tls = first.first() == Some(&TLS_HANDSHAKE);
+        if let Some(set) = self.secrets() {
+            if tls && set.bound(name) {
+                let upstream = dial(rec, dialled)?;
+                let Some(i) = self.interceptor.as_deref() else {
+                    return Err(failed("failed:intercept"));
+                };
+                let served = i.serve(client, first, upstream, name, port);
+                rec.bytes_out = served.bytes_out;
+                rec.bytes_in = served.bytes_in;
+                rec.secrets = served.events;
+                return match served.failure {
+                    Some(code) if code.starts_with("denied:") => Err(denied(code)),
+                    Some(code) => Err(failed(code)),
+                    None => Ok(()),
+                };
+            }
+            if !tls {
+                if let Some(s) = set.placeholders_in(first).first() {
+                    let reason = if s.bound_to(name) {
+                        "denied:secret_plaintext"
+                    } else {
+                        "denied:secret_not_bound"
+                    };
+                    rec.secrets.push(SecretEvent::Refused {
+                        name: s.name.clone(),
+                        destination: name.to_string(),
+                        reason,
+                    });
+                    return Err(denied(reason));
+                }
+                let upstream = dial(rec, dialled)?;
+                relay(client, upstream, first, rec, Some(set));
+                return Ok(());
+            }
+        }
+        let upstream = dial(rec, dialled)?;
+        relay(client, upstream, first, rec, None);
+        Ok(())
     }
 
     /// Replaces the time allowed for the first bytes ([`PEEK_TIMEOUT`] by default).
@@ -162,9 +240,7 @@ impl Gateway {
         rec.name.clone_from(&name);
         let first = self.peek(client, Vec::new())?;
         check_first_bytes(&first, &name, port)?;
-        let upstream = self.resolve_and_dial(&name, port, rec)?;
-        relay(client, upstream, &first, rec);
-        Ok(())
+        self.forward(client, &first, &name, port, rec, None)
     }
 
     /// A connection to the proxy endpoint (`HTTP_PROXY`/`HTTPS_PROXY`).
@@ -225,17 +301,14 @@ impl Gateway {
                 *answered = true;
                 let first = self.peek(client, rest.to_vec())?;
                 check_first_bytes(&first, &name, dest.port)?;
-                relay(client, upstream, &first, rec);
-                Ok(())
+                self.forward(client, &first, &name, dest.port, rec, Some(upstream))
             }
             Form::Absolute => {
                 let mut out =
                     origin_form(&buf[..head.head_len], &head.target, &dest.host, dest.port)
                         .ok_or(denied("denied:bad_request"))?;
                 out.extend_from_slice(rest);
-                let upstream = self.resolve_and_dial(&name, dest.port, rec)?;
-                relay(client, upstream, &out, rec);
-                Ok(())
+                self.forward(client, &out, &name, dest.port, rec, None)
             }
             Form::Origin => Err(denied("denied:bad_request")),
         }
@@ -263,6 +336,18 @@ impl Gateway {
         port: u16,
         rec: &mut ConnectRecord,
     ) -> Result<TcpStream, Stop> {
+        for addr in self.resolve_allowed(name, port)? {
+            if let Ok(s) = TcpStream::connect_timeout(&addr, self.dial_timeout) {
+                rec.peer = Some(addr);
+                return Ok(s);
+            }
+        }
+        Err(failed("failed:connect"))
+    }
+
+    /// The addresses of `name` that the address policy allows; if none is allowed, the first
+    /// refused address's code.
+    fn resolve_allowed(&self, name: &str, port: u16) -> Result<Vec<SocketAddr>, Stop> {
         let resolved: Vec<SocketAddr> = match self.hosts.get(name) {
             Some(ip) => vec![SocketAddr::new(*ip, port)],
             None => (name, port)
@@ -284,13 +369,7 @@ impl Gateway {
         if allowed.is_empty() {
             return Err(first_refusal.map_or(failed("failed:resolve"), denied));
         }
-        for addr in allowed {
-            if let Ok(s) = TcpStream::connect_timeout(&addr, self.dial_timeout) {
-                rec.peer = Some(addr);
-                return Ok(s);
-            }
-        }
-        Err(failed("failed:connect"))
+        Ok(allowed)
     }
 
     /// Reads the first bytes until they are a complete ClientHello or request head (or clearly
@@ -333,6 +412,7 @@ fn record(name: &str, port: u16) -> ConnectRecord {
         bytes_in: 0,
         duration_ms: 0,
         peer: None,
+        secrets: Vec::new(),
     }
 }
 
@@ -479,7 +559,15 @@ fn refusal(status: &str, code: &str) -> String {
 }
 
 /// Writes `first` upstream, then copies both ways until both directions end; counts bytes.
-fn relay(client: &TcpStream, upstream: TcpStream, first: &[u8], rec: &mut ConnectRecord) {
+/// With `scan`, the outbound stream is watched for placeholders: one ends the connection and is
+/// recorded as refused (the placeholder is worthless outside, but its trip is written down).
+fn relay(
+    client: &TcpStream,
+    upstream: TcpStream,
+    first: &[u8],
+    rec: &mut ConnectRecord,
+    scan: Option<&SecretSet>,
+) {
     if (&upstream).write_all(first).is_err() {
         let _ = upstream.shutdown(Shutdown::Both);
         return;
@@ -489,13 +577,85 @@ fn relay(client: &TcpStream, upstream: TcpStream, first: &[u8], rec: &mut Connec
         let _ = upstream.shutdown(Shutdown::Both);
         return;
     };
-    let outbound = thread::spawn(move || copy_half(&c2, &u2));
-    rec.bytes_in = copy_half(&upstream, client);
-    rec.bytes_out += outbound.join().unwrap_or(0);
+    let mut scanner = scan.map(|set| Scanner::new(set, first));
+    let outbound = thread::spawn(move || {
+        let n = copy_half(&c2, &u2, scanner.as_mut());
+        (n, scanner.and_then(|s| s.hit))
+    });
+    rec.bytes_in = copy_half(&upstream, client, None);
+    let (n, hit) = outbound.join().unwrap_or((0, None));
+    rec.bytes_out += n;
+    if let (Some(name), Some(set)) = (hit, scan) {
+        let bound = set
+            .secrets
+            .iter()
+            .any(|s| s.name == name && s.bound_to(&rec.name));
+        let reason = if bound {
+            "denied:secret_plaintext"
+        } else {
+            "denied:secret_not_bound"
+        };
+        rec.secrets.push(SecretEvent::Refused {
+            name,
+            destination: rec.name.clone(),
+            reason,
+        });
+        rec.verdict = Verdict::Denied;
+        rec.reason = reason;
+    }
 }
 
-/// Copies `from` → `to` until EOF or error; then half-closes `to` (or closes both on error).
-fn copy_half(from: &TcpStream, to: &TcpStream) -> u64 {
+/// Watches a byte stream for placeholders without delaying it: a window of the last bytes is
+/// kept so a placeholder split across reads is still seen.
+struct Scanner {
+    placeholders: Vec<(String, Vec<u8>)>,
+    tail: Vec<u8>,
+    keep: usize,
+    hit: Option<String>,
+}
+
+impl Scanner {
+    fn new(set: &SecretSet, first: &[u8]) -> Scanner {
+        let placeholders: Vec<(String, Vec<u8>)> = set
+            .secrets
+            .iter()
+            .map(|s| (s.name.clone(), s.placeholder.as_bytes().to_vec()))
+            .collect();
+        let keep = placeholders
+            .iter()
+            .map(|p| p.1.len())
+            .max()
+            .unwrap_or(1)
+            .saturating_sub(1);
+        let mut s = Scanner {
+            placeholders,
+            tail: Vec::new(),
+            keep,
+            hit: None,
+        };
+        s.feed(first);
+        s
+    }
+
+    /// Whether `chunk` (with the window) completes a placeholder.
+    fn feed(&mut self, chunk: &[u8]) -> bool {
+        self.tail.extend_from_slice(chunk);
+        if self.hit.is_none() {
+            self.hit = self
+                .placeholders
+                .iter()
+                .find(|(_, p)| memchr::memmem::find(&self.tail, p).is_some())
+                .map(|(n, _)| n.clone());
+        }
+        let cut = self.tail.len().saturating_sub(self.keep);
+        self.tail.drain(..cut);
+        self.hit.is_some()
+    }
+}
+
+/// Copies `from` → `to` until EOF or error (or a placeholder, with `scan`); then half-closes `to`
+/// (or closes both on error or a placeholder).
+fn copy_half(from: &TcpStream, to: &TcpStream, mut scan: Option<&mut Scanner>) -> u64 {
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
     loop {
@@ -508,6 +668,9 @@ fn copy_half(from: &TcpStream, to: &TcpStream) -> u64 {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
+        if scan.as_deref_mut().is_some_and(|s| s.feed(&buf[..n])) {
+            break;
+        }
         if (&*to).write_all(&buf[..n]).is_err() {
             break;
         }

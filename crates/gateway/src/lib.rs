@@ -45,7 +45,9 @@ pub mod addr;
 pub mod conn;
 pub mod dns;
 pub mod http;
+pub mod intercept;
 pub mod rules;
+pub mod secrets;
 pub mod sni;
 
 #[cfg(test)]
