@@ -298,8 +298,9 @@ done()
 /// does not exist (ENOENT), and every host file the sandbox can see is on another mount, which
 /// the kernel refuses to link across (EXDEV) however the link is asked for (path, /proc/self/fd
 /// with AT_SYMLINK_FOLLOW, AT_EMPTY_PATH). A hard link the HOST plants in the workspace is the
-/// same inode as its other name: the sandbox sees it as a workspace file (nlink 2) — sharing it
-/// was the host's decision, and the sandbox cannot make one itself.
+/// same inode as its other name: the sandbox sees it as a workspace file (nlink 2), and as root
+/// (idmapped workspace) may also write it, which changes the file under its other name — sharing
+/// it was the host's decision; the sandbox cannot make such a link itself.
 #[test]
 fn hard_links_cannot_reach_the_secret() {
     require_root("escape suite");
