@@ -53,6 +53,7 @@ mod error;
 mod model;
 mod network;
 mod overrides;
+mod secrets;
 mod sha256;
 mod show;
 mod size;
@@ -63,9 +64,9 @@ pub use duration::{format_duration, parse_duration};
 pub use error::{PolicyError, PolicyErrors};
 pub use model::{
     Audit, Filesystem, Level, Limits, Mount, MountMode, Network, NetworkMode, Policy, Process,
-    Security, Workspace, WorkspaceMode,
+    Secret, SecretPlace, Security, Workspace, WorkspaceMode,
 };
-pub use overrides::{FLAGS, Overrides};
+pub use overrides::{FLAGS, Overrides, SecretSource};
 pub use show::describe_defaults;
 pub use size::ByteSize;
 pub use validate::{ETC_DENYLIST, check_sensitive_paths, check_workspace_dir, is_system_path};
@@ -81,6 +82,7 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
     ("security", spans::SECURITY_KEYS),
     ("network", spans::NETWORK_KEYS),
     ("audit", spans::AUDIT_KEYS),
+    ("secrets.*[]", spans::SECRET_KEYS),
 ];
 
 impl Policy {

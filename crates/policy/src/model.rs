@@ -28,6 +28,11 @@ pub struct Policy {
     pub security: Security,
     pub network: Network,
     pub audit: Audit,
+    /// Secrets the egress gateway injects, by the environment variable that holds the
+    /// placeholder inside (issue 6). The policy says where each value comes from, never the value.
+    /// Left out of the serialized form when empty, so policies without secrets keep their digest.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, Secret>,
 }
 
 impl Default for Policy {
@@ -42,6 +47,7 @@ impl Default for Policy {
             security: Security::default(),
             network: Network::default(),
             audit: Audit::default(),
+            secrets: BTreeMap::new(),
         }
     }
 }
@@ -318,6 +324,53 @@ impl Default for Audit {
             enabled: true,
             redact_env: Vec::new(),
             sensitive: Vec::new(),
+        }
+    }
+}
+
+/// One secret: where its value comes from, the hosts where the real value may appear, and the
+/// places of a request where the gateway may substitute it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Secret {
+    /// The name of a variable in stockade's own environment holding the value.
+    pub from_env: Option<String>,
+    /// An absolute path of a file holding the value (one trailing newline is dropped).
+    pub from_file: Option<PathBuf>,
+    /// Exact host names (each in the network allowlist) where the value may be sent.
+    pub hosts: Vec<String>,
+    /// Where in a request the placeholder may be replaced: headers (default), the URL query,
+    /// request bodies.
+    #[serde(rename = "in")]
+    pub places: Vec<SecretPlace>,
+}
+
+impl Default for Secret {
+    fn default() -> Self {
+        Secret {
+            from_env: None,
+            from_file: None,
+            hosts: Vec::new(),
+            places: vec![SecretPlace::Header],
+        }
+    }
+}
+
+/// A place in a request where a placeholder may be replaced by its secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretPlace {
+    Header,
+    Query,
+    Body,
+}
+
+impl SecretPlace {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretPlace::Header => "header",
+            SecretPlace::Query => "query",
+            SecretPlace::Body => "body",
         }
     }
 }

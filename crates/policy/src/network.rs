@@ -66,6 +66,27 @@ fn parse_port(s: &str, p: &str) -> Result<u16, String> {
     }
 }
 
+/// An exact name (no pattern, no port), checked as the gateway would normalise it.
+pub(crate) fn parse_name(s: &str) -> Result<(), String> {
+    if s.contains(['*', ':']) {
+        return Err(format!("{s:?}: write an exact name without `*` or a port"));
+    }
+    name_syntax(s, s)
+}
+
+/// Whether the `allow`/`deny` entry `pattern` matches the exact name `name` on some port.
+pub(crate) fn host_pattern_matches(pattern: &str, name: &str) -> bool {
+    let Ok(p) = parse_host_pattern(pattern) else {
+        return false;
+    };
+    if p.wildcard {
+        name.strip_suffix(p.name.as_str())
+            .is_some_and(|rest| rest.len() > 1 && rest.ends_with('.'))
+    } else {
+        name == p.name
+    }
+}
+
 /// A DNS name as the gateway matches it: lowercase ASCII labels of 1-63 `[a-z0-9-]`, no
 /// leading or trailing `-`, at most 253 characters, not an IP address.
 fn name_syntax(s: &str, name: &str) -> Result<(), String> {

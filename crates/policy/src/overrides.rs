@@ -45,6 +45,37 @@ pub struct Overrides {
     pub allow_net: Vec<String>,
     /// `network.allow_open` (`--allow-open-network` sets `Some(true)`).
     pub allow_open_network: Option<bool>,
+    /// `--secret NAME=env:VAR` / `--secret NAME=file:PATH`: sets where secret NAME comes from.
+    pub secrets: Vec<(String, SecretSource)>,
+    /// `--secret-host NAME=HOST`: adds HOST to secret NAME's hosts.
+    pub secret_hosts: Vec<(String, String)>,
+}
+
+/// Where a secret's value comes from, as a flag gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    Env(String),
+    File(PathBuf),
+}
+
+impl SecretSource {
+    /// Parses `NAME=env:VAR` or `NAME=file:PATH`.
+    pub fn parse_flag(s: &str) -> Result<(String, SecretSource), String> {
+        let (name, src) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected NAME=env:VAR or NAME=file:PATH"))?;
+        let source = if let Some(v) = src.strip_prefix("env:") {
+            SecretSource::Env(v.to_string())
+        } else if let Some(p) = src.strip_prefix("file:") {
+            SecretSource::File(PathBuf::from(p))
+        } else {
+            return Err(format!(
+                "{s:?}: the source must be env:VAR or file:PATH (the value itself is never \
+                 given on the command line)"
+            ));
+        };
+        Ok((name.to_string(), source))
+    }
 }
 
 /// The flag the CLI is expected to offer for each policy key (used to name flags in errors).
@@ -200,6 +231,30 @@ impl Policy {
                 whole.push((key, "--net"));
             }
         }
+        for (name, src) in &o.secrets {
+            let s = p.secrets.entry(name.clone()).or_default();
+            match src {
+                SecretSource::Env(v) => {
+                    s.from_env = Some(v.clone());
+                    s.from_file = None;
+                }
+                SecretSource::File(f) => {
+                    s.from_file = Some(f.clone());
+                    s.from_env = None;
+                }
+            }
+            set.push((format!("secrets.{name}"), "--secret"));
+        }
+        for (name, host) in &o.secret_hosts {
+            let s = p.secrets.entry(name.clone()).or_default();
+            if !s.hosts.contains(host) {
+                s.hosts.push(host.clone());
+                set.push((
+                    format!("secrets.{name}.hosts[{}]", s.hosts.len() - 1),
+                    "--secret-host",
+                ));
+            }
+        }
         if !o.mounts.is_empty() {
             p.filesystem
                 .mounts
@@ -219,9 +274,11 @@ impl Policy {
         let errors = issues
             .into_iter()
             .map(|i| {
+                // The most specific key a flag set (`secrets.K.hosts[0]` over `secrets.K`).
                 let origin = set
                     .iter()
-                    .find(|(k, _)| under(&i.key, k))
+                    .filter(|(k, _)| under(&i.key, k))
+                    .max_by_key(|(k, _)| k.len())
                     .map(|(_, f)| *f)
                     .or_else(|| whole.iter().find(|(k, _)| i.key == *k).map(|(_, f)| *f))
                     .unwrap_or("policy");

@@ -217,6 +217,33 @@ impl Policy {
                 }
             }
         }
+        out.push_str(
+            "\n# Secrets the egress gateway injects (--secret NAME=env:VAR|file:PATH, --secret-host \
+             NAME=HOST).\n# Inside, NAME holds a placeholder; the real value is substituted only in \
+             requests to the\n# hosts listed (each one in network.allow), only in the places listed \
+             (header, query, body).\n",
+        );
+        if self.secrets.is_empty() {
+            out.push_str(
+                "# [secrets.OPENAI_API_KEY]\n# from_env = \"OPENAI_API_KEY\"\n# hosts = \
+                 [\"api.openai.com\"]\n# in = [\"header\"]\n",
+            );
+        }
+        for (name, s) in &self.secrets {
+            let _ = writeln!(out, "[secrets.{}]", quote_key(name));
+            if let Some(v) = &s.from_env {
+                let _ = writeln!(out, "from_env = {}", quote(v));
+            }
+            if let Some(f) = &s.from_file {
+                let _ = writeln!(out, "from_file = {}", quote_path(f));
+            }
+            let _ = writeln!(out, "hosts = {}", array(s.hosts.iter().map(|h| quote(h))));
+            let _ = writeln!(
+                out,
+                "in = {}",
+                array(s.places.iter().map(|p| quote(p.as_str())))
+            );
+        }
         out
     }
 }
@@ -270,6 +297,18 @@ fn quote_path(p: &Path) -> String {
 }
 
 /// A TOML basic string.
+/// A table key: bare when it can be, quoted otherwise.
+fn quote_key(k: &str) -> String {
+    if !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        k.to_string()
+    } else {
+        quote(k)
+    }
+}
+
 pub(crate) fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');

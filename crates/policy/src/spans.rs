@@ -31,6 +31,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "security",
     "network",
     "audit",
+    "secrets",
 ];
 pub(crate) const WORKSPACE_KEYS: &[&str] = &["path", "mode", "protect_git", "allow_system_path"];
 pub(crate) const FILESYSTEM_KEYS: &[&str] = &["mounts", "etc_extra"];
@@ -56,6 +57,7 @@ pub(crate) const NETWORK_KEYS: &[&str] = &[
     "hosts",
 ];
 pub(crate) const AUDIT_KEYS: &[&str] = &["enabled", "redact_env", "sensitive"];
+pub(crate) const SECRET_KEYS: &[&str] = &["from_env", "from_file", "hosts", "in"];
 
 type Val<'i> = Spanned<DeValue<'i>>;
 
@@ -168,6 +170,7 @@ pub(crate) fn read(src: &str, origin: &str) -> (Policy, SpanMap, Vec<PolicyError
                     w.element_spans("audit.sensitive", v);
                 }
             }),
+            "secrets" => w.secrets(&mut p.secrets, v),
             _ => w.unknown("", name, k.span(), TOP_KEYS),
         }
     }
@@ -289,6 +292,51 @@ impl Walk<'_> {
                     ),
                 ),
             }
+        }
+        *slot = out;
+    }
+
+    /// `[secrets.NAME]` tables, one by one: each unknown key and bad value is reported at its
+    /// place and the good entries are kept.
+    fn secrets(&mut self, slot: &mut BTreeMap<String, crate::model::Secret>, v: &Val<'_>) {
+        self.spans.insert("secrets".into(), v.span());
+        let DeValue::Table(t) = v.get_ref() else {
+            let msg = format!(
+                "`secrets` must be a table of [secrets.NAME] tables, not {}",
+                v.get_ref().type_str()
+            );
+            self.push(v.span(), "secrets", msg);
+            return;
+        };
+        let mut out = BTreeMap::new();
+        for (k, val) in t {
+            let name: &str = k.get_ref();
+            let key = format!("secrets.{name}");
+            self.spans.insert(key.clone(), k.span());
+            let mut s = crate::model::Secret::default();
+            let DeValue::Table(fields) = val.get_ref() else {
+                let msg = format!(
+                    "[secrets.{name}] must be a table with from_env or from_file, hosts and in,                      not {}",
+                    val.get_ref().type_str()
+                );
+                self.push(val.span(), &key, msg);
+                continue;
+            };
+            for (fk, fv) in fields {
+                let f: &str = fk.get_ref();
+                let fkey = format!("{key}.{f}");
+                match f {
+                    "from_env" => self.field(&mut s.from_env, &fkey, fv),
+                    "from_file" => self.field(&mut s.from_file, &fkey, fv),
+                    "hosts" => self.list(&mut s.hosts, &fkey, fv),
+                    "in" => {
+                        self.field(&mut s.places, &fkey, fv);
+                        self.element_spans(&fkey, fv);
+                    }
+                    _ => self.unknown(&key, f, fk.span(), SECRET_KEYS),
+                }
+            }
+            out.insert(name.to_string(), s);
         }
         *slot = out;
     }

@@ -56,6 +56,7 @@ pub(crate) fn issues(p: &Policy) -> Vec<Issue> {
     security(p, &mut out);
     crate::network::issues(&p.network, &mut out);
     audit(p, &mut out);
+    crate::secrets::issues(p, &mut out);
     out
 }
 

@@ -60,8 +60,16 @@ fn flags_win_over_the_file() {
         net: Some(NetworkMode::Allowlist),
         allow_net: vec!["api.github.com".into(), "example.com:8443".into()],
         allow_open_network: Some(true),
+        secrets: vec![("GH_TOKEN".into(), SecretSource::Env("GITHUB_TOKEN".into()))],
+        secret_hosts: vec![("GH_TOKEN".into(), "api.github.com".into())],
     };
     p.apply(&o).unwrap();
+    assert_eq!(
+        p.secrets["GH_TOKEN"].from_env.as_deref(),
+        Some("GITHUB_TOKEN")
+    );
+    assert_eq!(p.secrets["GH_TOKEN"].hosts, ["api.github.com"]);
+    assert_eq!(p.secrets["GH_TOKEN"].places, [SecretPlace::Header]);
     assert_eq!(p.workspace.path, Some(PathBuf::from("other")));
     assert_eq!(p.workspace.mode, WorkspaceMode::Overlay);
     assert!(p.workspace.allow_system_path && !p.workspace.protect_git);
@@ -401,4 +409,35 @@ fn open_network_needs_the_flag() {
         ..Default::default()
     })
     .unwrap();
+}
+
+#[test]
+fn secret_flags_parse_and_errors_name_the_flag() {
+    assert_eq!(
+        SecretSource::parse_flag("K=env:VAR").unwrap(),
+        ("K".to_string(), SecretSource::Env("VAR".into()))
+    );
+    assert_eq!(
+        SecretSource::parse_flag("K=file:/run/k").unwrap(),
+        ("K".to_string(), SecretSource::File("/run/k".into()))
+    );
+    let e = SecretSource::parse_flag("K=sk-live-123").unwrap_err();
+    assert!(e.contains("env:VAR or file:PATH"), "{e}");
+    assert!(SecretSource::parse_flag("novalue").is_err());
+
+    // A secret bound to a host the network policy does not allow: the error names the flag.
+    let mut p = Policy::default();
+    let o = Overrides {
+        net: Some(NetworkMode::Allowlist),
+        allow_net: vec!["api.github.com".into()],
+        secrets: vec![("K".into(), SecretSource::Env("V".into()))],
+        secret_hosts: vec![("K".into(), "api.openai.com".into())],
+        ..Overrides::default()
+    };
+    let errs = p.apply(&o).unwrap_err();
+    let text = errs.to_string();
+    assert!(text.contains("--secret-host"), "{text}");
+    assert!(text.contains("api.openai.com"), "{text}");
+    assert!(text.contains("--allow-net api.openai.com"), "{text}");
+    assert_eq!(p, Policy::default(), "nothing applied on error");
 }

@@ -80,6 +80,26 @@ fn everything() -> Policy {
             redact_env: vec!["API_TOKEN".into(), "with space \"q\"".into()],
             sensitive: vec![".env".into(), "/data/keys \"x\"".into()],
         },
+        secrets: BTreeMap::from([
+            (
+                "OPENAI_API_KEY".to_string(),
+                Secret {
+                    from_env: Some("OPENAI_KEY_ON_HOST".into()),
+                    from_file: None,
+                    hosts: vec!["files.pypi.org".into()],
+                    places: vec![SecretPlace::Header, SecretPlace::Body],
+                },
+            ),
+            (
+                "FILE_KEY".to_string(),
+                Secret {
+                    from_env: None,
+                    from_file: Some("/run/keys/a \"b\"".into()),
+                    hosts: vec!["upload.pypi.org".into(), "files.pypi.org".into()],
+                    places: vec![SecretPlace::Query],
+                },
+            ),
+        ]),
     }
 }
 
@@ -225,6 +245,7 @@ fn schema_matches_serde_fields() {
         let v = match *table {
             "" => &json,
             "filesystem.mounts[]" => &json["filesystem"]["mounts"][0],
+            "secrets.*[]" => &json["secrets"]["FILE_KEY"],
             t => &json[t],
         };
         let mut want: Vec<String> = valid.iter().map(|s| s.to_string()).collect();
@@ -233,6 +254,8 @@ fn schema_matches_serde_fields() {
     }
     let described: Vec<&str> = describe_defaults().iter().map(|(k, _, _)| *k).collect();
     let mut from_schema = Vec::new();
+    // Array entries and the per-secret tables ([secrets.NAME]) are documented in their own
+    // comment block, not one line per key.
     for (table, valid) in SCHEMA.iter().filter(|(t, _)| !t.ends_with("[]")) {
         for k in *valid {
             let full = if table.is_empty() {
@@ -245,6 +268,7 @@ fn schema_matches_serde_fields() {
             }
         }
     }
+    from_schema.retain(|k| k != "secrets");
     from_schema.sort();
     let mut described_sorted: Vec<String> = described.iter().map(|s| s.to_string()).collect();
     described_sorted.sort();
