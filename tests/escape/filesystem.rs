@@ -12,6 +12,8 @@
 
 use crate::environment::{high, host_python};
 use crate::support::*;
+
+const EEXIST: i64 = libc::EEXIST as i64;
 use serde_json::{Value, json};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -903,8 +905,12 @@ fn git_protection_cannot_be_bypassed_by_renaming_dot_git() {
 }
 
 /// Bypass 2: .git/commondir, which git reads to find the directory holding the repository's
-/// config and hooks, is not protected: pointed at a directory the sandbox filled, git on the host
-/// takes that config (core.fsmonitor, core.hooksPath: commands git runs) and those hooks.
+/// config and hooks: pointed at a directory the sandbox filled, git on the host would take that
+/// config (core.fsmonitor, core.hooksPath: commands git runs) and those hooks. A missing file
+/// cannot be bound read-only, and creating it ahead would change what git does, so stockade
+/// removes one the sandbox created once every process of the sandbox is gone, before returning,
+/// and records a `git_protection` violation. (While the sandbox runs, a git command on the host
+/// in this workspace could follow it: documented in docs/audit.md.)
 const GIT_COMMONDIR: &str = r#"
 os.makedirs(".cache/g/hooks")
 os.makedirs(".cache/g/objects")
@@ -926,9 +932,25 @@ fn git_protection_cannot_be_bypassed_by_commondir() {
         .workspace(ws)
         .python(GIT_COMMONDIR, &[]);
     run.expect_exit(0);
+    // The write itself went through inside (12 bytes)...
+    run.expect("commondir", ok(12));
+    // ...and was undone before stockade returned: nothing git on the host reads changed.
     assert_git_untouched(&run, ino);
-    // A read-only .git (with only its data directories writable) refuses the new file: EROFS.
-    run.expect("commondir", err(EROFS));
+    let v = run.event("violation", |e| e["kind"] == "git_protection");
+    assert_eq!(v["path"], ".git/commondir", "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("removed after the run"),
+        "{v}"
+    );
+    assert!(
+        run.stderr
+            .contains("violation: the sandbox created .git/commondir"),
+        "{}",
+        run.stderr
+    );
     c.assert_nothing_got_through(&run);
     run.expect_exec_recorded();
     run.expect_clean_end();
@@ -939,10 +961,13 @@ fn git_protection_cannot_be_bypassed_by_commondir() {
         .workspace(git_workspace())
         .python(GIT_COMMONDIR, &[]);
     control.expect("commondir", ok(12));
+    assert!(control.ws.path().join(".git/commondir").exists());
+    assert!(control.of_type("violation").is_empty());
 }
 
-/// Bypass 3: a repository without .git/hooks (git init --template=, some tools) gets no
-/// protection at all: the sandbox creates .git/hooks/pre-commit.
+/// Bypass 3: a repository without .git/hooks (git init --template=, some tools) would get no
+/// protection: the sandbox could create .git/hooks/pre-commit. stockade creates the empty
+/// directory on the host first (as `git init` would), so it exists to be made read-only.
 #[test]
 fn a_missing_git_hooks_directory_cannot_be_created_inside() {
     require_root("escape suite");
@@ -965,7 +990,10 @@ done()
         "the sandbox created .git/hooks/pre-commit in a repository that had no hooks directory: \
          git on the host runs it at the next commit"
     );
-    run.expect("mkdir", err(EROFS));
+    run.expect("mkdir", err(EEXIST));
+    run.expect("hook", err(EROFS));
+    assert!(hooks.is_dir(), "stockade made the empty hooks directory");
+    assert_eq!(std::fs::read_dir(&hooks).unwrap().count(), 0);
     c.assert_nothing_got_through(&run);
     run.expect_exec_recorded();
     run.expect_clean_end();

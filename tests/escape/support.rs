@@ -482,15 +482,24 @@ impl Sandbox {
             c.env(k, v);
         }
         let raw: Vec<i32> = self.leaked.iter().map(AsRawFd::as_raw_fd).collect();
+        assert!(raw.len() <= 8, "at most 8 leaked descriptors");
         if !raw.is_empty() {
-            // SAFETY: the closure runs in the forked child before exec and calls only dup2, which
-            // is async-signal-safe; `raw` is moved in and only read. dup2 onto 10+i gives a
+            // SAFETY: the closure runs in the forked child before exec and calls only fcntl and
+            // dup2, which are async-signal-safe, and uses a fixed-size array (no allocation).
+            // Every source is first duplicated to 200 or above, so placing one at 10+i cannot
+            // overwrite another source that happened to sit there; dup2 onto 10+i gives a
             // descriptor without FD_CLOEXEC, so it survives into stockade.
             unsafe {
                 c.pre_exec(move || {
+                    let mut high = [-1i32; 8];
                     for (i, fd) in raw.iter().enumerate() {
-                        let target = 10 + i as i32;
-                        if libc::dup2(*fd, target) < 0 {
+                        high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 200);
+                        if high[i] < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    for (i, fd) in high.iter().take(raw.len()).enumerate() {
+                        if libc::dup2(*fd, 10 + i as i32) < 0 {
                             return Err(std::io::Error::last_os_error());
                         }
                     }

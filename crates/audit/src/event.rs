@@ -72,6 +72,9 @@ pub enum ViolationKind {
     Landlock,
     /// A write attempt outside the workspace seen by the file tracker.
     WriteOutsideWorkspace,
+    /// Something `workspace.protect_git` guards against that the sandbox did anyway (a path git
+    /// would follow that could not be made read-only ahead), undone after the run.
+    GitProtection,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -70,7 +70,13 @@ pub struct WorkspacePlan {
     /// Path inside (the same absolute path as on the host).
     pub target: PathBuf,
     pub kind: WorkspaceKind,
-    /// Relative paths inside the workspace made read-only (`.git/hooks`, `.git/config`).
+    /// Relative paths inside the workspace made mount points of themselves first, still
+    /// writable, so they cannot be renamed or removed (`.git`, so the read-only paths under it
+    /// cannot be carried away with it).
+    #[serde(default)]
+    pub pin: Vec<PathBuf>,
+    /// Relative paths inside the workspace made read-only (`.git/hooks`, `.git/config`, ...);
+    /// missing ones are skipped.
     pub protect: Vec<PathBuf>,
     pub idmap: bool,
 }

@@ -13,7 +13,8 @@
 //! 5. a fresh /proc (its own PID namespace) with /proc/sys and other knobs read-only and kernel
 //!    internals masked, mounted while the host's /proc is still visible (the kernel requires a
 //!    fully visible proc to allow a new one in a user namespace);
-//! 6. the workspace (rw, ro, overlay or tmp) with `.git/hooks` and `.git/config` read-only;
+//! 6. the workspace (rw, ro, overlay or tmp) with `.git` pinned and what git reads settings
+//!    and commands from (`hooks`, `config`, `commondir`, ...) read-only;
 //! 7. the root itself is made read-only, `pivot_root`, and the old root is detached.
 //!
 //! Nothing here is visible outside: the mounts die with the namespace, which dies with the
@@ -324,6 +325,9 @@ pub fn build(plan: &SandboxPlan, mut pre: PreOpened) -> Result<BuiltRoot, SetupE
         (_, None) => {}
     }
     if ws.kind == WorkspaceKind::Rw {
+        for rel in &ws.pin {
+            pin(&target, rel)?;
+        }
         for rel in &ws.protect {
             protect(&target, rel)?;
         }
@@ -362,6 +366,25 @@ fn bind_path(src: &Path, dst: &Path) -> Result<(), SetupError> {
     attach(&fd, dst, true)
 }
 
+/// Makes the directory `root/rel` a mount point of itself, still writable: it can then be
+/// neither renamed nor removed (EBUSY), so what is protected under it stays where git looks.
+/// Missing: skipped. A regular file there (a worktree's `gitdir:` pointer) is made read-only
+/// instead; a symlink is refused.
+fn pin(ws: &Path, rel: &Path) -> Result<(), SetupError> {
+    let p = ws.join(rel);
+    let meta = match fs::symlink_metadata(&p) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(err("inspecting", &p)(e)),
+    };
+    if !meta.is_dir() {
+        return protect(ws, rel);
+    }
+    let fd = sys::open_tree_clone(&p, true).map_err(err("opening", &p))?;
+    set_bind_attrs(&fd, true, false, &p)?;
+    sys::move_mount_fd(&fd, &p).map_err(err("pinning", &p))
+}
+
 /// Makes `root/rel` read-only in place. A symlink there is refused: following it could protect
 /// the wrong file and leave the real one writable.
 fn protect(ws: &Path, rel: &Path) -> Result<(), SetupError> {
@@ -374,7 +397,7 @@ fn protect(ws: &Path, rel: &Path) -> Result<(), SetupError> {
     if meta.file_type().is_symlink() {
         return Err(SetupError {
             what: "refusing to protect",
-            path: p.display().to_string(),
+            path: rel.display().to_string(),
             source: io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "it is a symlink (set workspace.protect_git = false to allow)",

@@ -217,6 +217,9 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
         seccomp,
     };
     tracing::debug!("phase: cgroup created");
+    let git = (policy.workspace.protect_git && policy.workspace.mode == WorkspaceMode::Rw)
+        .then(|| crate::git::prepare(&workspace))
+        .flatten();
     let plan = plan::build(policy, argv, &host_facts(workspace.clone()), extras);
     let weakenings: Vec<String> = notices
         .iter()
@@ -230,6 +233,7 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
         workspace: &workspace,
         audit: audit.as_ref(),
         weakenings,
+        git: git.as_ref(),
     };
     let result = match launched.0.take() {
         Some(l) => supervise(&ctx, l),
@@ -293,6 +297,7 @@ pub(crate) struct Ctx<'a> {
     pub(crate) workspace: &'a Path,
     pub(crate) audit: Option<&'a Audit>,
     pub(crate) weakenings: Vec<String>,
+    pub(crate) git: Option<&'a crate::git::GitGuard>,
 }
 
 fn human(b: ByteSize) -> String {
@@ -583,6 +588,11 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
     if let Some((_, _, msg)) = &limit_hit {
         notices.push(msg.clone());
     }
+    // Undone whether or not the trail is kept.
+    let git_undone = ctx.git.map(crate::git::GitGuard::undo).unwrap_or_default();
+    for d in &git_undone {
+        notices.push(format!("violation: {d}"));
+    }
     if let Some(a) = audit {
         if let Some(s) = stats.as_ref().filter(|s| s.pids_max_hits > 0) {
             a.emit(
@@ -601,6 +611,18 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
                     limit: *limit,
                     value: value.clone(),
                     detail: detail.clone(),
+                },
+            );
+        }
+        for detail in git_undone.iter().cloned() {
+            a.emit(
+                Some(exec_id),
+                EventKind::Violation {
+                    kind: stockade_audit::ViolationKind::GitProtection,
+                    detail,
+                    syscall: None,
+                    path: Some(".git/commondir".into()),
+                    errno: None,
                 },
             );
         }

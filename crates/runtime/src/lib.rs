@@ -8,6 +8,7 @@ pub mod audit;
 pub mod container;
 pub mod egress;
 pub mod error;
+pub mod git;
 pub mod kmsg;
 pub mod plan;
 pub mod reads;

@@ -71,6 +71,17 @@ pub const SYSTEM_DIRS: &[&str] = &[
     "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32",
 ];
 
+/// Paths under the workspace made read-only by `workspace.protect_git` (missing ones are
+/// skipped; `.git/hooks` and `.git/info` are created on the host first when missing, see
+/// `container::prepare_git`). `.git` is in the list for the case where it is a `gitdir:` file.
+pub const GIT_PROTECTED: &[&str] = &[
+    ".git/hooks",
+    ".git/config",
+    ".git/config.worktree",
+    ".git/commondir",
+    ".git/info",
+];
+
 /// What the plan needs to know about the host.
 #[derive(Clone, Debug)]
 pub struct HostFacts {
@@ -326,10 +337,16 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
     } else {
         read_write.push(ws.clone())
     }
-    let protect = if policy.workspace.protect_git {
-        vec![PathBuf::from(".git/hooks"), PathBuf::from(".git/config")]
+    // Everything git reads settings or commands from, at the workspace's top: the hooks, the
+    // config files, `commondir` (which would move both elsewhere), `info`, and `.git` itself when
+    // it is a `gitdir:` file. `.git` the directory is pinned so none of it can be renamed away.
+    let (pin, protect) = if policy.workspace.protect_git {
+        (
+            vec![PathBuf::from(".git")],
+            GIT_PROTECTED.iter().map(PathBuf::from).collect(),
+        )
     } else {
-        vec![]
+        (vec![], vec![])
     };
 
     let landlock = LandlockPlan {
@@ -373,6 +390,7 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
             host: ws.clone(),
             target: ws.clone(),
             kind,
+            pin,
             protect,
             idmap: root
                 && matches!(

@@ -454,6 +454,7 @@ fn violation_name(k: ViolationKind) -> &'static str {
         ViolationKind::Syscall => "syscall",
         ViolationKind::Landlock => "landlock",
         ViolationKind::WriteOutsideWorkspace => "write_outside_workspace",
+        ViolationKind::GitProtection => "git_protection",
     }
 }
 
