@@ -1051,6 +1051,65 @@ fn a_burst_past_the_workspace_disk_budget_is_stopped_and_recorded() {
     );
 }
 
+/// Writes argv[1] MiB, 1 MiB per write with fsync and an argv[2] s pause, into a workspace file
+/// it unlinked first (kept open); records the MiB the file holds on disk.
+const HIDDEN: &str = r#"
+n, pause = int(sys.argv[1]), float(sys.argv[2])
+fd = os.open("hidden.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+os.unlink("hidden.bin")
+chunk = memoryview(b"x" * (1 << 20))
+for i in range(n):
+    b = chunk
+    while b:
+        b = b[os.write(fd, b):]
+    os.fsync(fd)
+    time.sleep(pause)
+R["on_disk_mib"] = ["ok", os.fstat(fd).st_blocks * 512 >> 20]
+done()
+"#;
+
+#[test]
+fn an_unlinked_file_growing_in_the_workspace_counts_against_the_disk_budget() {
+    require_root("escape suite");
+    let _heavy = heavy();
+    // Control: the writer does put 64 MiB on the host's disk (the workspace's filesystem).
+    let control = Sandbox::new("disk unlinked control")
+        .flags(&["--disk", "1GiB"])
+        .python(&probe(HIDDEN), &["64", "0.02"]);
+    control.expect_exit(0).expect("on_disk_mib", ok(64));
+    expect_no_limit_hit(&control.label, &control.events);
+
+    // ~1.5 s of growth, several of the watcher's walks: a visible file growing like this is
+    // stopped (growing_the_workspace_past_the_disk_budget_is_stopped); an unlinked one must be too.
+    let run = Sandbox::new("disk unlinked")
+        .flags(&["--disk", "16MiB"])
+        .python(&probe(HIDDEN), &["64", "0.02"]);
+    // Torn down cleanly either way (the reason depends on whether the stop came).
+    expect_destroyed(
+        &run.label,
+        &run.events,
+        if run.code == Some(0) { "exit" } else { "limit" },
+    );
+    run_left_nothing(&run, None);
+    let hits = limit_hits(&run.events, "disk");
+    assert!(
+        run.code == Some(137)
+            && hits.len() == 1
+            && has_line(
+                &run.stderr,
+                "stockade: stopped: disk limit 16MiB reached (workspace growth)"
+            ),
+        "disk unlinked: the command grew an unlinked file in the rw workspace past --disk 16MiB \
+         for ~1.5 s (probe: {}) and the run ended with exit {:?}, {} limit.hit disk, stderr {:?} \
+         — the watcher walks names, so space held by an open unlinked file (the host's disk, \
+         until the run ends) is never counted",
+        run.stdout.trim(),
+        run.code,
+        hits.len(),
+        run.stderr
+    );
+}
+
 // --- output flood --------------------------------------------------------------------------------
 
 /// Writes argv[1] bytes of a repeating 0..255 pattern to stdout.
