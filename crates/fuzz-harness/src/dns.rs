@@ -14,7 +14,8 @@ const V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 
 /// Parses `data` as a query; when it is one, checks:
 ///
-/// - the name is ASCII, lowercase and without a trailing dot, and the type number is the wire's;
+/// - the name is the question's (ASCII, escaped), lowercase, less the root's trailing dot; the
+///   type number is the wire's;
 /// - hickory's own decoding re-encoded parses again to an equal query;
 /// - a name the rules could allow (`open` mode: any name in the grammar) is exactly the wire
 ///   labels joined by dots: no label with a dot or an escaped byte inside passes as another name;
@@ -97,7 +98,16 @@ fn check_name(q: &Query, asked: &Question) {
         "{:?}",
         q.name
     );
-    assert!(!q.name.ends_with('.'), "{:?}", q.name);
+    // Exactly the root's dot is removed (a label's own dot stays, escaped as `\.`).
+    assert!(
+        asked.name().is_fqdn(),
+        "a question name off the wire is absolute"
+    );
+    assert_eq!(
+        format!("{}.", q.name),
+        asked.name().to_ascii().to_ascii_lowercase(),
+        "the name is not the question's, less the root's dot"
+    );
     assert_eq!(q.qtype.number(), u16::from(asked.query_type()));
     if Rules::open(&[]).map(|r| r.decide_name(&q.name)) == Ok(Decision::Allowed) {
         let joined = labels(asked.name())

@@ -6,8 +6,9 @@
 //!
 //! - [`parse_query`] accepts only a standard query (QR=0, opcode QUERY) with exactly one question
 //!   of class IN and empty answer and authority sections; anything else is a [`DnsError`]. It
-//!   never panics on any input. The name comes back lowercased, without the trailing dot, with
-//!   unusual bytes escaped (`\000`), so [`crate::rules::Rules::decide_name`] refuses it.
+//!   never panics on any input. The name comes back lowercased, without the root's trailing dot,
+//!   with unusual bytes escaped (`\000`, and a dot inside a label as `\.`, which may then end the
+//!   name), so [`crate::rules::Rules::decide_name`] refuses it.
 //! - Replies ([`answer_a`], [`answer_aaaa`], [`nodata`], [`nxdomain`], [`refused`]) echo the id,
 //!   the RD bit and the question exactly as asked (letter case included: resolvers that randomise
 //!   case check it), are authoritative, and carry at most one answer record.
