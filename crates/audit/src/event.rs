@@ -180,7 +180,12 @@ pub enum EventKind {
         duration_ms: u64,
     },
     #[serde(rename = "secret.used")]
-    SecretUsed { name: String, host: String },
+    SecretUsed {
+        name: String,
+        host: String,
+        /// Placeholders replaced on one connection.
+        count: u64,
+    },
     #[serde(rename = "secret.refused")]
     SecretRefused {
         name: String,

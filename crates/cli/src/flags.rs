@@ -3,7 +3,7 @@
 use clap::Args;
 use std::path::PathBuf;
 use stockade_policy::{
-    ByteSize, Mount, MountMode, NetworkMode, Overrides, WorkspaceMode, parse_duration,
+    ByteSize, Mount, MountMode, NetworkMode, Overrides, SecretSource, WorkspaceMode, parse_duration,
 };
 
 #[derive(Args, Debug)]
@@ -93,6 +93,13 @@ pub struct OverrideArgs {
     /// Accept --net open (every destination; audited).
     #[arg(long)]
     pub allow_open_network: bool,
+    /// Inject secret NAME through the gateway, read from env:VAR (stockade's environment) or
+    /// file:PATH; inside, $NAME holds a placeholder (repeatable; bind it with --secret-host).
+    #[arg(long = "secret", value_name = "NAME=env:VAR|file:PATH")]
+    pub secret: Vec<String>,
+    /// Let secret NAME's real value be sent to HOST (an --allow-net name; repeatable).
+    #[arg(long = "secret-host", value_name = "NAME=HOST")]
+    pub secret_host: Vec<String>,
     /// Do not write the audit trail (printed as a notice).
     #[arg(long)]
     pub no_audit: bool,
@@ -196,6 +203,20 @@ impl OverrideArgs {
             }),
             allow_net: self.allow_net.clone(),
             allow_open_network: self.allow_open_network.then_some(true),
+            secrets: self
+                .secret
+                .iter()
+                .map(|s| SecretSource::parse_flag(s).map_err(|e| format!("--secret {e}")))
+                .collect::<Result<_, _>>()?,
+            secret_hosts: self
+                .secret_host
+                .iter()
+                .map(|s| {
+                    s.split_once('=')
+                        .map(|(n, h)| (n.to_string(), h.to_string()))
+                        .ok_or_else(|| format!("--secret-host {s:?}: expected NAME=HOST"))
+                })
+                .collect::<Result<_, _>>()?,
             ..Default::default()
         })
     }

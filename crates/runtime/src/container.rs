@@ -210,11 +210,14 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
             )));
         }
     };
+    let secrets = crate::secrets::prepare(policy, &id)?;
     let extras = Extras {
         id: id.clone(),
         cgroup_procs: cg.as_ref().map(Cgroup::procs_files).unwrap_or_default(),
         cgroup_dirs: cg.as_ref().map(Cgroup::paths).unwrap_or_default(),
         seccomp,
+        env: secrets.as_ref().map(|s| s.env.clone()).unwrap_or_default(),
+        trust: secrets.as_ref().map(|s| s.trust.clone()),
     };
     tracing::debug!("phase: cgroup created");
     let git = (policy.workspace.protect_git && policy.workspace.mode == WorkspaceMode::Rw)
@@ -234,6 +237,7 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
         audit: audit.as_ref(),
         weakenings,
         git: git.as_ref(),
+        interceptor: secrets.as_ref().map(|s| s.interceptor.clone()),
     };
     let result = match launched.0.take() {
         Some(l) => supervise(&ctx, l),
@@ -298,6 +302,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) audit: Option<&'a Audit>,
     pub(crate) weakenings: Vec<String>,
     pub(crate) git: Option<&'a crate::git::GitGuard>,
+    /// The secret-injecting TLS interceptor, when the policy has secrets.
+    pub(crate) interceptor: Option<std::sync::Arc<stockade_gateway::intercept::Interceptor>>,
 }
 
 fn human(b: ByteSize) -> String {
@@ -388,9 +394,10 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
     drop(tx);
 
     let egress = match policy.network.mode {
-        stockade_policy::NetworkMode::Allowlist | stockade_policy::NetworkMode::Open => {
-            Some(crate::egress::Egress::from_policy(policy).map_err(RunError::Usage)?)
-        }
+        stockade_policy::NetworkMode::Allowlist | stockade_policy::NetworkMode::Open => Some(
+            crate::egress::Egress::from_policy(policy, ctx.interceptor.clone())
+                .map_err(RunError::Usage)?,
+        ),
         _ => None,
     };
     let emitter = audit.map(Audit::emitter);

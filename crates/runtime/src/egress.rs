@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use stockade_audit::{Decision, EventKind};
 use stockade_gateway::addr::{AddrPolicy, Cidr};
 use stockade_gateway::conn::{Gateway, Verdict};
+use stockade_gateway::intercept::SecretEvent;
 use stockade_gateway::rules::{self, Rules};
 use stockade_policy::Policy;
 
@@ -38,7 +39,11 @@ impl Drop for Slot {
 }
 
 impl Egress {
-    pub fn from_policy(p: &Policy) -> Result<Egress, String> {
+    /// `interceptor`: the secret injector, when the policy has secrets.
+    pub fn from_policy(
+        p: &Policy,
+        interceptor: Option<Arc<stockade_gateway::intercept::Interceptor>>,
+    ) -> Result<Egress, String> {
         let n = &p.network;
         let rules = match n.mode {
             stockade_policy::NetworkMode::Open => Rules::open(&n.deny),
@@ -57,7 +62,10 @@ impl Egress {
                 .map_err(|e| format!("network.hosts {name:?}: {e}"))?;
             hosts.insert(name.to_ascii_lowercase(), ip);
         }
-        let gateway = Gateway::new(rules.clone(), AddrPolicy::new(cidrs), hosts);
+        let mut gateway = Gateway::new(rules.clone(), AddrPolicy::new(cidrs), hosts);
+        if let Some(i) = interceptor {
+            gateway = gateway.with_interceptor(i);
+        }
         Ok(Egress {
             rules,
             gateway: Arc::new(gateway),
@@ -148,6 +156,27 @@ impl Egress {
                 None => gw.handle_proxy(client),
             };
             if let Some(a) = audit {
+                for s in &rec.secrets {
+                    a.emit(
+                        Some(&exec_id),
+                        match s {
+                            SecretEvent::Used { name, host, count } => EventKind::SecretUsed {
+                                name: name.clone(),
+                                host: host.clone(),
+                                count: *count,
+                            },
+                            SecretEvent::Refused {
+                                name,
+                                destination,
+                                reason,
+                            } => EventKind::SecretRefused {
+                                name: name.clone(),
+                                destination: destination.clone(),
+                                reason: (*reason).to_string(),
+                            },
+                        },
+                    );
+                }
                 a.emit(
                     Some(&exec_id),
                     EventKind::NetConnect {

@@ -13,6 +13,7 @@ pub mod kmsg;
 pub mod plan;
 pub mod reads;
 pub mod relay;
+pub mod secrets;
 pub mod spawn;
 pub mod track;
 

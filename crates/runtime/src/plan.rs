@@ -105,6 +105,10 @@ pub struct Extras {
     pub cgroup_procs: Vec<PathBuf>,
     pub cgroup_dirs: Vec<PathBuf>,
     pub seccomp: Option<Vec<u8>>,
+    /// Variables the runtime adds (secret placeholders, CA bundle paths).
+    pub env: Vec<(String, String)>,
+    /// The sandbox CA to trust (with secrets): /etc/ssl/certs is rebuilt around it.
+    pub trust: Option<crate::secrets::Trust>,
 }
 
 fn bind(source: &str, target: &str, writable: bool, optional: bool) -> RootOp {
@@ -116,6 +120,48 @@ fn bind(source: &str, target: &str, writable: bool, optional: bool) -> RootOp {
         idmap: false,
         device: false,
     })
+}
+
+/// /etc/ssl/certs as on the host (links recreated, files copied, directories bound), but with
+/// the bundle replaced by the host's bundle plus the sandbox CA, and the CA alone beside it.
+fn trust_ops(t: &crate::secrets::Trust, ops: &mut Vec<RootOp>) {
+    use crate::secrets::Entry;
+    let dir = Path::new("/etc/ssl/certs");
+    ops.push(RootOp::Dir {
+        path: "/etc/ssl".into(),
+        mode: 0o755,
+    });
+    ops.push(RootOp::Dir {
+        path: dir.into(),
+        mode: 0o755,
+    });
+    for (name, e) in &t.entries {
+        let path = dir.join(name);
+        ops.push(match e {
+            Entry::Link(target) => RootOp::Symlink {
+                path,
+                target: target.clone(),
+            },
+            Entry::File => RootOp::CopyFile {
+                source: path.clone(),
+                path,
+            },
+            Entry::Dir => {
+                let p = path.display().to_string();
+                bind(&p, &p, false, true)
+            }
+        });
+    }
+    ops.push(RootOp::File {
+        path: crate::secrets::BUNDLE.into(),
+        contents: t.bundle.clone(),
+        mode: 0o644,
+    });
+    ops.push(RootOp::File {
+        path: crate::secrets::CA_FILE.into(),
+        contents: t.ca_pem.clone(),
+        mode: 0o644,
+    });
 }
 
 fn passwd(uid: u32, gid: u32) -> String {
@@ -251,7 +297,10 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
     }
     for d in ETC_DIRS {
         let path = format!("/etc/{d}");
-        ops.push(bind(&path, &path, false, true));
+        match (&extras.trust, *d) {
+            (Some(t), "ssl/certs") => trust_ops(t, &mut ops),
+            _ => ops.push(bind(&path, &path, false, true)),
+        }
     }
     ops.push(RootOp::File {
         path: "/etc/passwd".into(),
@@ -402,6 +451,10 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
         argv: argv.to_vec(),
         env: {
             let mut env = environment(policy, &host.env);
+            for (k, v) in &extras.env {
+                env.retain(|(ek, _)| ek != k);
+                env.push((k.clone(), v.clone()));
+            }
             if egress {
                 // For tools that prefer a proxy; enforcement never depends on them.
                 let proxy = format!("http://{}", stockade_agent::net::PROXY_ADDR);

@@ -425,7 +425,9 @@ fn describe(kind: &EventKind, s: Style) -> String {
                 fmt_ms(*duration_ms)
             ),
         ),
-        EventKind::SecretUsed { name, host } => (CYAN, format!("{} → {}", p(name), p(host))),
+        EventKind::SecretUsed { name, host, count } => {
+            (CYAN, format!("{} → {} ×{count}", p(name), p(host)))
+        }
         EventKind::SecretRefused {
             name,
             destination,
