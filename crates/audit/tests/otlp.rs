@@ -198,7 +198,7 @@ fn record_sandbox(exp: &OtlpExporter, dir: &std::path::Path) -> Vec<Event> {
     );
     emit(
         None,
-        serde_json::json!({"type": "secret.used", "name": "API_TOKEN", "host": "api.example.com"}),
+        serde_json::json!({"type": "secret.used", "name": "API_TOKEN", "host": "api.example.com", "count": 2}),
     );
     emit(
         Some("e2"),
