@@ -262,13 +262,36 @@ fn errno_name(errno: u32) -> String {
 /// seccomp(2) flag: log every action but ALLOW to the audit subsystem.
 const SECCOMP_FILTER_FLAG_LOG: libc::c_ulong = 2;
 
-/// The name of syscall `nr` on the running architecture, for reports (audit events). Only the
-/// names the policy mentions are known; others give None.
+/// The name of syscall `nr` on the running architecture's native ABI, for reports (audit
+/// events); None for a number the kernel does not define there.
 pub fn syscall_name(nr: i64) -> Option<&'static str> {
-    let table: &[(&str, i64)] = if cfg!(target_arch = "aarch64") {
-        sysno::AARCH64
+    let native = if cfg!(target_arch = "aarch64") {
+        AUDIT_ARCH_AARCH64
     } else {
-        sysno::X86_64
+        AUDIT_ARCH_X86_64
     };
-    table.iter().find(|(_, n)| *n == nr).map(|(name, _)| *name)
+    syscall_name_for(native, nr).map(|(_, name)| name)
+}
+
+/// `AUDIT_ARCH_*` values as the kernel's audit records give them (`arch=`).
+pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+pub const AUDIT_ARCH_AARCH64: u32 = 0xc000_00b7;
+const X32_SYSCALL_BIT: i64 = 0x4000_0000;
+
+/// The ABI and name of syscall `nr` made through `arch` (an `AUDIT_ARCH_*` value): the ABI is
+/// `""` for the native one, `"i386"` or `"x32"` for the compatibility ones the filter kills or
+/// refuses. None when the number is not a syscall of that ABI.
+pub fn syscall_name_for(arch: u32, nr: i64) -> Option<(&'static str, &'static str)> {
+    let nr_usize = |n: i64| usize::try_from(n).ok();
+    match arch {
+        AUDIT_ARCH_X86_64 if nr & X32_SYSCALL_BIT != 0 => {
+            syscalls::x86_64::Sysno::new(nr_usize(nr & !X32_SYSCALL_BIT)?)
+                .map(|s| ("x32", s.name()))
+        }
+        AUDIT_ARCH_X86_64 => syscalls::x86_64::Sysno::new(nr_usize(nr)?).map(|s| ("", s.name())),
+        AUDIT_ARCH_I386 => syscalls::x86::Sysno::new(nr_usize(nr)?).map(|s| ("i386", s.name())),
+        AUDIT_ARCH_AARCH64 => syscalls::aarch64::Sysno::new(nr_usize(nr)?).map(|s| ("", s.name())),
+        _ => None,
+    }
 }
