@@ -831,7 +831,7 @@ fn memory_bomb_is_oom_killed_at_the_limit_and_the_host_keeps_its_memory() {
     // Nothing like the 2 GiB asked for was taken from the host (the bound leaves room for
     // whatever else the host does meanwhile).
     assert!(
-        host_drop < 1024 * MIB,
+        host_drop < 512 * MIB,
         "memory bomb: host MemAvailable fell by {} MiB",
         host_drop / MIB
     );
@@ -857,8 +857,18 @@ fn memory_bomb_is_oom_killed_at_the_limit_and_the_host_keeps_its_memory() {
     );
     big.expect_exit(0).expect("alloc", ok(2048));
     expect_no_limit_hit(&big.label, &big.events);
+    // The cgroup saw the whole allocation; the host-wide check (noisy: other work on the host
+    // frees and takes memory meanwhile) saw at least half of it, where the bomb above moved it
+    // by less than a quarter.
+    let big_peak = exited(&big.label, &big.events)["peak_memory_bytes"]
+        .as_u64()
+        .unwrap();
     assert!(
-        big_drop >= 1536 * MIB,
+        big_peak >= 2000 * MIB,
+        "memory control: cgroup peak {big_peak}"
+    );
+    assert!(
+        big_drop >= 1024 * MIB,
         "memory control: the host check did not see 2 GiB held: fell by {} MiB",
         big_drop / MIB
     );
@@ -1031,20 +1041,30 @@ fn a_burst_past_the_workspace_disk_budget_is_stopped_and_recorded() {
         if run.code == Some(0) { "exit" } else { "limit" },
     );
     run_left_nothing(&run, None);
-    // The budget was passed four times over: the run must not end as a success, and the trail
-    // must record the limit (the watcher's named stop: exit 137, limit.hit disk).
+    // The budget was passed four times over. The writable workspace's budget is watched (every
+    // 100 ms), not enforced by the kernel: either a check saw it while the command ran (the
+    // named stop: exit 137, "reached") or the burst ended between two checks and the final check
+    // after the run records it ("exceeded by"). Either way the trail has exactly one limit.hit
+    // disk and stderr says so; the run never passes as within budget.
     let hits = limit_hits(&run.events, "disk");
+    let stopped = run.code == Some(137)
+        && has_line(
+            &run.stderr,
+            "stockade: stopped: disk limit 16MiB reached (workspace growth)",
+        );
+    let after = run.code == Some(0)
+        && hits.len() == 1
+        && hits[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("disk limit 16MiB exceeded by "))
+        && run
+            .stderr
+            .contains("stockade: limit: disk limit 16MiB exceeded by ");
     assert!(
-        run.code == Some(137)
-            && hits.len() == 1
-            && has_line(
-                &run.stderr,
-                "stockade: stopped: disk limit 16MiB reached (workspace growth)"
-            ),
+        hits.len() == 1 && (stopped || after),
         "disk burst workspace: the command wrote {on_host} MiB into the rw workspace under \
-         --disk 16MiB in one burst shorter than the disk watcher's 0.5 s poll, and the run ended \
-         with exit {:?}, {} limit.hit disk, stderr {:?} — the budget is neither enforced nor \
-         recorded (no check after the command ends)",
+         --disk 16MiB and the run ended with exit {:?}, {} limit.hit disk, stderr {:?}: the \
+         budget is neither enforced nor recorded",
         run.code,
         hits.len(),
         run.stderr

@@ -166,9 +166,21 @@ pub fn run(
             termination,
             changes,
             changes_error,
+            scratch_full: scratch_full(),
         },
     );
     exit(0)
+}
+
+/// Whether the scratch tmpfs (mounted at /tmp among others) has less than 64 KiB left.
+fn scratch_full() -> bool {
+    // SAFETY: `st` is a valid out-pointer; the path is a static C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: see above.
+    if unsafe { libc::statvfs(c"/tmp".as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    (st.f_bavail as u64).saturating_mul(st.f_frsize as u64) < 64 * 1024
 }
 
 fn fd_path(fd: &OwnedFd) -> PathBuf {

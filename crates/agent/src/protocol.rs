@@ -75,6 +75,10 @@ pub enum AgentMsg {
         termination: Termination,
         changes: Option<Vec<Change>>,
         changes_error: Option<String>,
+        /// The scratch space (/tmp, HOME, /dev/shm, the overlay layer) was full at the end:
+        /// writes there failed with ENOSPC.
+        #[serde(default)]
+        scratch_full: bool,
     },
 }
 

@@ -389,8 +389,14 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
     let err_t = relay::output(stderr, std::io::stderr(), counter.clone(), tx.clone());
     relay::input(stdin);
     relay::signals(tx.clone());
-    let watch = (policy.workspace.mode == WorkspaceMode::Rw)
-        .then(|| relay::disk_watch(workspace.to_path_buf(), policy.limits.disk.0, tx.clone()));
+    let watch = (policy.workspace.mode == WorkspaceMode::Rw).then(|| {
+        relay::disk_watch(
+            workspace.to_path_buf(),
+            policy.limits.disk.0,
+            tx.clone(),
+            ctx.cg.map(Cgroup::procs_files).unwrap_or_default(),
+        )
+    });
     drop(tx);
 
     let egress = match policy.network.mode {
@@ -403,6 +409,7 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
     let emitter = audit.map(Audit::emitter);
     let deadline = Instant::now() + policy.limits.timeout;
     let mut reason = EndReason::Exited;
+    let mut scratch_full = false;
     let mut enforced = None;
     let mut stopping: Option<Instant> = None;
     let mut outcome: Option<(Option<Termination>, Option<Vec<Change>>)> = None;
@@ -479,7 +486,9 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
                 termination,
                 changes,
                 changes_error,
+                scratch_full: full,
             })) => {
+                scratch_full = full;
                 if let Some(e) = changes_error {
                     notices.push(format!("overlay: could not list changes: {e}"));
                 }
@@ -517,8 +526,8 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
             Err(mpsc::RecvTimeoutError::Disconnected) => outcome = Some((None, None)),
         }
     }
-    if let Some(w) = watch {
-        w.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some(w) = &watch {
+        w.stop();
     }
     // Reap the launcher before letting go of the liveness pipe: its EOF means "supervisor died,
     // clean up", which must not race our own reading of the cgroup's statistics.
@@ -592,6 +601,26 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
     if let EndReason::Signal(n) = &reason {
         notices.push(format!("stopped: stockade received signal {n}"));
     }
+    // Disk budget hits that did not stop the command: recorded, not hidden.
+    let mut disk_hits = Vec::new();
+    if scratch_full {
+        disk_hits.push(format!(
+            "disk limit {} reached in the scratch space (/tmp, HOME, /dev/shm): writes there \
+             failed with ENOSPC",
+            human(l.disk)
+        ));
+    }
+    if reason != EndReason::Disk
+        && let Some(over) = watch.as_ref().and_then(relay::DiskWatch::over)
+    {
+        disk_hits.push(format!(
+            "disk limit {} exceeded by {} in the workspace: written between two checks \
+             (the budget of a writable workspace is watched, not enforced by the kernel)",
+            human(l.disk),
+            human(ByteSize(over))
+        ));
+    }
+    notices.extend(disk_hits.iter().map(|d| format!("limit: {d}")));
     if let Some((_, _, msg)) = &limit_hit {
         notices.push(msg.clone());
     }
@@ -608,6 +637,16 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
                     limit: Limit::Pids,
                     value: l.pids.to_string(),
                     detail: format!("{} process creations refused", s.pids_max_hits),
+                },
+            );
+        }
+        for detail in &disk_hits {
+            a.emit(
+                Some(exec_id),
+                EventKind::LimitHit {
+                    limit: Limit::Disk,
+                    value: human(l.disk),
+                    detail: detail.clone(),
                 },
             );
         }

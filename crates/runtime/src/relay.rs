@@ -225,23 +225,93 @@ pub fn usage(root: &std::path::Path) -> u64 {
 /// Watches the growth of a writable workspace against the disk budget (the fallback when no
 /// filesystem project quota is available). Re-walks at most every second, less often when a walk
 /// is slow, so a large workspace costs a bounded share of one core.
-pub fn disk_watch(root: PathBuf, budget: u64, tx: Sender<Event>) -> Arc<AtomicBool> {
+///
+/// Growth counts the tree (by name) plus the files the sandbox's processes hold open on the
+/// workspace's filesystem after unlinking them (`procs`: the sandbox's cgroup.procs files), which
+/// no walk by name would see. Checks run every 100 ms, or 5 times the walk's cost when that is
+/// longer, so a burst faster than that can land before it is seen: [`DiskWatch::over`] tells,
+/// after the run, by how much the final state is over.
+pub fn disk_watch(root: PathBuf, budget: u64, tx: Sender<Event>, procs: Vec<PathBuf>) -> DiskWatch {
     let stop = Arc::new(AtomicBool::new(false));
     let done = stop.clone();
+    let baseline = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+    let (r, p, b) = (root.clone(), procs, baseline.clone());
     std::thread::spawn(move || {
-        let baseline = usage(&root);
+        let baseline = usage(&r);
+        b.store(baseline, Ordering::SeqCst);
         while !done.load(Ordering::SeqCst) {
             let t = Instant::now();
-            let now = usage(&root);
+            let now = usage(&r).saturating_add(unlinked_open(&r, &p));
             if now.saturating_sub(baseline) >= budget {
                 let _ = tx.send(Event::DiskLimit);
                 return;
             }
-            let pause = (t.elapsed() * 5).max(Duration::from_millis(500));
+            let pause = (t.elapsed() * 5).max(Duration::from_millis(100));
             std::thread::sleep(pause);
         }
     });
-    stop
+    DiskWatch {
+        stop,
+        root,
+        baseline,
+        budget,
+    }
+}
+
+/// The workspace disk watcher of one run.
+pub struct DiskWatch {
+    stop: Arc<AtomicBool>,
+    root: PathBuf,
+    /// The tree's size before the command ran (u64::MAX until the first walk is done).
+    baseline: Arc<std::sync::atomic::AtomicU64>,
+    budget: u64,
+}
+
+impl DiskWatch {
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// After the run: how much the workspace grew past the budget (None: within it).
+    pub fn over(&self) -> Option<u64> {
+        let baseline = self.baseline.load(Ordering::SeqCst);
+        if baseline == u64::MAX {
+            return None;
+        }
+        let grown = usage(&self.root).saturating_sub(baseline);
+        (grown >= self.budget).then(|| grown - self.budget)
+    }
+}
+
+/// Bytes of regular files on `root`'s filesystem that the processes listed in `procs` hold open
+/// after they were unlinked (each inode once).
+pub fn unlinked_open(root: &std::path::Path, procs: &[PathBuf]) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dev) = std::fs::metadata(root).map(|m| m.dev()) else {
+        return 0;
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0u64;
+    for f in procs {
+        let Ok(list) = std::fs::read_to_string(f) else {
+            continue;
+        };
+        for pid in list.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+            let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+                continue;
+            };
+            for fd in fds.flatten() {
+                // stat through the magic link: the open file itself, wherever it is.
+                let Ok(m) = std::fs::metadata(fd.path()) else {
+                    continue;
+                };
+                if m.is_file() && m.nlink() == 0 && m.dev() == dev && seen.insert(m.ino()) {
+                    total = total.saturating_add(m.blocks().saturating_mul(512));
+                }
+            }
+        }
+    }
+    total
 }
 
 /// Waits until the relay has drained its pipe (EOF), at most `limit`.
@@ -252,6 +322,24 @@ pub fn join_bounded(d: Done, limit: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unlinked_open_files_are_counted_once() {
+        let ws = tempfile::tempdir().unwrap();
+        let p = ws.path().join("gone");
+        let mut f = std::fs::File::create(&p).unwrap();
+        std::io::Write::write_all(&mut f, &vec![1u8; 1 << 20]).unwrap();
+        f.sync_all().unwrap();
+        let _again = std::fs::File::open(&p).unwrap(); // a second descriptor, same inode
+        let procs = ws.path().join("procs");
+        std::fs::write(&procs, format!("{}\n", std::process::id())).unwrap();
+        // Control: while it has a name, the walk counts it and this does not.
+        assert_eq!(unlinked_open(ws.path(), std::slice::from_ref(&procs)), 0);
+        std::fs::remove_file(&p).unwrap();
+        let n = unlinked_open(ws.path(), &[procs]);
+        assert!((1 << 20..2 << 20).contains(&n), "{n}");
+        assert!(usage(ws.path()) < 1 << 20);
+    }
 
     #[test]
     fn usage_counts_the_tree_and_never_follows_a_symlink_out() {
