@@ -1611,6 +1611,9 @@ fn sigkill_to_stockade_makes_the_guardian_kill_the_sandbox_and_remove_its_cgroup
     let deadline = Instant::now() + Duration::from_secs(5);
     let left = loop {
         let mut left = leftovers(&id, uid, Some(&marker), &ws, run.state.path());
+        // The supervisor record stays on purpose: it is how `ls` knows the run was cut short.
+        let record = format!("state file sandboxes/{id}/supervisor");
+        left.retain(|l| *l != record);
         left.extend(
             launchers
                 .iter()
@@ -1657,6 +1660,10 @@ fn sigkill_to_stockade_makes_the_guardian_kill_the_sandbox_and_remove_its_cgroup
         ls["clean"],
         cli(&["gc", "--dry-run", "--max-age", "0s"])
     );
+    // The supervisor is gone (its recorded pid no longer runs): `ls` says so at once rather than
+    // "running" until the log has been quiet for ten minutes, and gc may collect it.
+    assert_eq!(ls["status"], "unfinished", "{ls}");
+    assert_eq!(ls["running"], false, "{ls}");
 }
 
 fn send_sigkill(pid: i32) {

@@ -62,8 +62,16 @@ impl Bridge {
         if fd == self.dns.as_raw_fd() {
             let mut buf = [0u8; 1500];
             while let Ok((n, from)) = self.dns.recv_from(&mut buf) {
-                let Ok(q) = dns::parse_query(&buf[..n]) else {
-                    continue;
+                let q = match dns::parse_query(&buf[..n]) {
+                    Ok(q) => q,
+                    Err(e) => {
+                        // No reply (nothing to answer), but the attempt is written down.
+                        let msg = AgentMsg::DnsMalformed {
+                            code: e.code().to_string(),
+                        };
+                        let _ = write_frame(ctrl, &msg);
+                        continue;
+                    }
                 };
                 let token = self.next_token;
                 self.next_token += 1;

@@ -65,6 +65,9 @@ pub enum AgentMsg {
         name: String,
         qtype: String,
     },
+    /// A DNS message from inside that is not a question the resolver answers (`code`: the
+    /// parser's stable `dns:*` code); it gets no reply, and the supervisor records it.
+    DnsMalformed { code: String },
     /// A connection accepted on the loopback address DNS mapped to `name`; the socket itself is
     /// attached to this frame (SCM_RIGHTS).
     Connect { name: String, port: u16 },

@@ -55,7 +55,7 @@ pub fn run(state: &StateDir, args: GcArgs) -> ExitCode {
         .into_iter()
         .map(|entry| {
             let loaded = ls::load(&entry);
-            let status = ls::summarize(&loaded.events, loaded.modified, now).status;
+            let status = ls::summarize_loaded(&loaded, now).status;
             let quiet_for = loaded
                 .modified
                 .and_then(|m| now.duration_since(m).ok())

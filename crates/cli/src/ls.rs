@@ -48,7 +48,7 @@ pub fn run(state: &StateDir, args: LsArgs) -> ExitCode {
         for w in &loaded.warnings {
             warn(w);
         }
-        let s = summarize(&loaded.events, loaded.modified, now);
+        let s = summarize_loaded(&loaded, now);
         if args.json {
             out.push_str(&json_row(entry, &loaded, &s).to_string());
             out.push('\n');
@@ -136,6 +136,33 @@ pub(crate) struct Loaded {
     pub warnings: Vec<String>,
     /// When the log was last written (the directory's mtime while there is no log yet).
     pub modified: Option<SystemTime>,
+    /// The supervisor the sandbox recorded (`supervisor`: pid and start time) no longer runs:
+    /// a sandbox without `sandbox.destroyed` is then unfinished (its supervisor was killed; its
+    /// guardian tore the sandbox down), not running.
+    pub supervisor_gone: bool,
+}
+
+/// Whether the process recorded in `dir/supervisor` ("PID STARTTIME") is gone: no such pid, or
+/// a pid reused by a process that started at another time. No file: not known, so not gone.
+pub(crate) fn supervisor_gone(dir: &Path) -> bool {
+    let Ok(text) = fs::read_to_string(dir.join("supervisor")) else {
+        return false;
+    };
+    let mut it = text.split_whitespace();
+    let (Some(pid), Some(start)) = (it.next(), it.next()) else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 22 (starttime); fields after the command's closing parenthesis start at 3.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+            .is_none_or(|s| s != start),
+        Err(_) => true,
+    }
 }
 
 pub(crate) fn load(entry: &Entry) -> Loaded {
@@ -157,7 +184,17 @@ pub(crate) fn load(entry: &Entry) -> Loaded {
         events,
         warnings,
         modified: modified.ok(),
+        supervisor_gone: supervisor_gone(&entry.dir),
     }
+}
+
+/// [`summarize`], knowing whether the supervisor is gone.
+pub(crate) fn summarize_loaded(loaded: &Loaded, now: SystemTime) -> Summary {
+    let mut s = summarize(&loaded.events, loaded.modified, now);
+    if s.status == Status::Running && loaded.supervisor_gone {
+        s.status = Status::Unfinished;
+    }
+    s
 }
 
 /// How a sandbox stands, from its log.

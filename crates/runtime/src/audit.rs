@@ -65,8 +65,16 @@ impl Audit {
         for o in opts.observers.drain(..) {
             rec.add_observer(o);
         }
+        let log = opts.state.sandbox_log(id);
+        // Who keeps this sandbox: `stockade ls` tells a killed supervisor from a running one.
+        if let (Some(dir), Some(start)) = (log.parent(), self_start_time()) {
+            let _ = std::fs::write(
+                dir.join("supervisor"),
+                format!("{} {start}\n", std::process::id()),
+            );
+        }
         Ok(Audit {
-            log: opts.state.sandbox_log(id),
+            log,
             rec: Arc::new(Mutex::new(rec)),
             error: Mutex::new(None),
         })
@@ -189,4 +197,11 @@ pub(crate) fn file_changed(c: &Change) -> EventKind {
         },
         size: c.size,
     }
+}
+
+/// This process's start time (field 22 of /proc/self/stat, clock ticks since boot).
+fn self_start_time() -> Option<String> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19).map(str::to_string)
 }

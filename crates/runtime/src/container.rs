@@ -277,6 +277,8 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
         if let Err(e) = a.finish() {
             return Err(RunError::Audit(e));
         }
+        // `sandbox.destroyed` is on disk: the supervisor record has served its purpose.
+        let _ = std::fs::remove_file(a.log_path().with_file_name("supervisor"));
     }
     tracing::debug!("phase: audit synced");
     let mut report = result?;
@@ -445,6 +447,11 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
                         ports,
                     },
                 );
+            }
+            Ok(Event::Agent(AgentMsg::DnsMalformed { code })) => {
+                if let Some(e) = &egress {
+                    e.dns_malformed(&code, emitter.as_ref(), exec_id);
+                }
             }
             Ok(Event::Handoff(msg, fd)) => {
                 if let Some(e) = &egress {

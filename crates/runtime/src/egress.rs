@@ -111,6 +111,24 @@ impl Egress {
         (allowed, ports)
     }
 
+    /// Records a DNS message from inside that was not a question (no reply was sent): `net.dns`
+    /// denied with the parser's `dns:*` code, under the same cap as the other DNS events.
+    pub fn dns_malformed(&self, code: &str, audit: Option<&Emitter>, exec_id: &str) {
+        let recorded = self.dns_events.fetch_add(1, Ordering::SeqCst);
+        if let Some(a) = audit.filter(|_| recorded < MAX_DNS_EVENTS) {
+            a.emit(
+                Some(exec_id),
+                EventKind::NetDns {
+                    name: String::new(),
+                    qtype: String::new(),
+                    decision: Decision::Denied,
+                    reason: code.to_string(),
+                    answers: Vec::new(),
+                },
+            );
+        }
+    }
+
     /// Serves one connection the agent handed over, on its own thread.
     /// DNS questions answered but not recorded (past [`MAX_DNS_EVENTS`]).
     pub fn dns_suppressed(&self) -> usize {
