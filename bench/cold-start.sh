@@ -14,10 +14,10 @@
 # Peers that are not installed or fail a first run are reported as such and left out.
 # To spread the noise of a shared machine evenly, the runs are taken in rounds (every command
 # once per round, in turn) and merged.
-#   bench/cold-start.sh           4 rounds x 25 runs per command; table + plot into BENCHMARKS.md
+#   bench/cold-start.sh           10 rounds x 10 runs per command; table + plot into BENCHMARKS.md
 #   bench/cold-start.sh --smoke   1 round x 3 runs, prints the table, writes nothing (CI)
 source "$(dirname "$0")/lib.sh"
-rounds=4 runs=25 warmup=3
+rounds=10 runs=10 warmup=2
 [ "$smoke" = 1 ] && rounds=1 runs=3 warmup=1
 require hyperfine hyperfine bwrap bubblewrap
 build

@@ -13,7 +13,10 @@ waits until every one has written its `exec.started` audit event, lets them sett
     memory.stat `kernel`), and, on cgroup v1, the kernel memory charged to a cgroup made for this
     benchmark that holds the supervisors too (namespaces, mounts, page tables and sockets are
     charged to whichever process allocated them, often before the sandbox joins its cgroup);
-  - the start latency (launch to exit) of PROBES more `stockade run -- /bin/true`, one at a time.
+  - the start latency (launch to exit) of PROBES more `stockade run -- /bin/true`, one at a time,
+    taking turns with as many bwrap runs (a control for the machine's own load).
+After the highest level it goes back down level by level (SIGTERM to the newest supervisors) and
+probes the start latency again at each, so every level is probed at two moments of the run.
 Then it SIGTERMs every supervisor and checks that nothing is left: no process, no cgroup of any
 of these sandboxes, and a clean `sandbox.destroyed` for each. A level that cannot be reached is
 reported with the first error, and the levels above it are skipped.
@@ -346,6 +349,19 @@ try:
                (m["kmem_bench_cgroup"] - base["kmem_bench_cgroup"] if bench_cg else m["kmem_sandbox_cgroups"])) / level
         log(f"{level} alive (filled in {fill:.1f} s): {bl.mib(per)} per sandbox, start median "
             f"{bl.ms(bl.median(m['latency']))}")
+    # Descending pass: back down to each lower level (SIGTERM to the newest supervisors) and
+    # probe again, so that a drift of the machine's load over the run does not pass for growth.
+    if not results["stopped"]:
+        for m in reversed(results["levels"][:-1]):
+            extra = sups[m["alive"]:]
+            for p in extra:
+                p.send_signal(signal.SIGTERM)
+            for p in extra:
+                p.wait(timeout=120)
+            time.sleep(SETTLE)
+            lat, ctl = probe(PROBES)
+            m["latency_down"], m["bwrap_latency_down"] = lat, ctl
+            log(f"back to {m['alive']} alive: start median {bl.ms(bl.median(lat))}")
 except Exception as e:  # noqa: BLE001 - reported, then torn down
     results["stopped"] = {"level": None, "alive": len(events.started), "error": f"{type(e).__name__}: {e}"}
     log(f"error: {e}")
