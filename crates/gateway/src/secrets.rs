@@ -237,6 +237,20 @@ impl Replacer {
         best
     }
 
+    /// The length of the longest suffix of `buf` that is a proper prefix of some pattern.
+    fn partial_suffix(&self, buf: &[u8]) -> usize {
+        let max = self.longest.saturating_sub(1).min(buf.len());
+        (1..=max)
+            .rev()
+            .find(|&n| {
+                let suffix = &buf[buf.len() - n..];
+                self.pairs
+                    .iter()
+                    .any(|(p, _, _)| p.len() > n && p.starts_with(suffix))
+            })
+            .unwrap_or(0)
+    }
+
     /// Feeds `chunk`; returns the bytes that are final.
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
         if self.pairs.is_empty() {
@@ -272,8 +286,9 @@ impl Replacer {
         let cut = if last {
             buf.len()
         } else {
-            // Hold back a tail that could start a match completed by the next chunk.
-            let tail = buf.len() - self.longest.saturating_sub(1).min(buf.len() - pos);
+            // Hold back only a tail that is the start of some pattern: anything else is final
+            // now (a stream must not lag one chunk behind).
+            let tail = buf.len() - self.partial_suffix(&buf[pos..]);
             pending.map_or(tail, |at| at.min(tail))
         };
         out.extend_from_slice(&buf[pos..cut]);

@@ -116,3 +116,17 @@ fn a_set_finds_scrubs_and_injects() {
     assert_eq!(same, text.as_bytes());
     assert_eq!(scan.matched().collect::<Vec<_>>(), [0, 1]);
 }
+
+#[test]
+fn only_a_possible_start_of_a_pattern_is_held_back() {
+    let mut r = Replacer::new(vec![(b"SECRET".to_vec(), b"<s>".to_vec(), 0)]);
+    // Nothing here can start "SECRET": all of it is final at once (no lag for streams).
+    assert_eq!(r.feed(b"data: hello\n\n"), b"data: hello\n\n".to_vec());
+    // "SEC" may be the start: held until the next chunk decides.
+    assert_eq!(r.feed(b"x SEC"), b"x ".to_vec());
+    assert_eq!(r.feed(b"RET y"), b"<s> y".to_vec());
+    assert_eq!(r.feed(b"SE"), Vec::<u8>::new());
+    // "SEN" cannot continue to "SECRET"; the new "SE" at the end still might.
+    assert_eq!(r.feed(b"NSE"), b"SEN".to_vec());
+    assert_eq!(r.finish(), b"SE".to_vec());
+}
