@@ -302,7 +302,7 @@ def measure(n_alive):
 
 
 results = {"levels": [], "stopped": None, "teardown": None, "cgroup": VERSION, "bench_cgroup": bench_cg,
-           "machine": bl.machine()}
+           "machine": bl.machine(), "started_at": time.strftime("%H:%M"), "load_before": bl.loadavg()}
 all_pids = []
 try:
     base, _ = measure(0)
@@ -353,11 +353,13 @@ try:
     # probe again, so that a drift of the machine's load over the run does not pass for growth.
     if not results["stopped"]:
         for m in reversed(results["levels"][:-1]):
-            extra = sups[m["alive"]:]
+            extra = [p for p in sups[m["alive"]:] if p.poll() is None]
+            t0 = time.monotonic()
             for p in extra:
                 p.send_signal(signal.SIGTERM)
             for p in extra:
                 p.wait(timeout=120)
+            m["stopped_above"] = {"count": len(extra), "seconds": time.monotonic() - t0}
             time.sleep(SETTLE)
             lat, ctl = probe(PROBES)
             m["latency_down"], m["bwrap_latency_down"] = lat, ctl
@@ -402,6 +404,7 @@ finally:
                 log(f"cannot remove {d}: {e}")
     subprocess.run(["rm", "-rf", tmp])
 
+results["load_after"] = bl.loadavg()
 os.makedirs(OUT, exist_ok=True)
 with open(os.path.join(OUT, "density.json"), "w") as f:
     json.dump(results, f, indent=1)

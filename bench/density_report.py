@@ -76,10 +76,14 @@ notes = []
 st = d.get("stopped")
 if st:
     notes.append(f"**Stopped** before {st['level']} alive ({st['alive']} running): `{st['error']}`.")
+for m in levels:
+    s = m.get("stopped_above")
+    if s and s["count"]:
+        notes.append(f"Going back down to {m['alive']}: {s['count']} supervisors SIGTERMed and reaped in {s['seconds']:.1f} s.")
 td = d.get("teardown") or {}
 if td:
     clean = not (td["processes_left"] or td["cgroups_left"] or td["not_destroyed_cleanly"] or td["hung_supervisors"])
-    notes.append(f"Teardown of all {td['sandboxes']} (SIGTERM to each supervisor): {td['seconds']:.1f} s; "
+    notes.append(f"Teardown of the rest (SIGTERM to each supervisor): {td['seconds']:.1f} s; "
                  + ("nothing left (no process, no cgroup; every `sandbox.destroyed` clean)." if clean else
                     f"**left over**: processes {td['processes_left'][:10]}, cgroups {td['cgroups_left'][:5]}, "
                     f"unclean {td['not_destroyed_cleanly'][:5]}, hung supervisors {td['hung_supervisors'][:5]}."))
@@ -96,7 +100,9 @@ if rows:
                  f"(goal ≤ 1.5× from 1 to 500: {'met' if g <= 1.5 else 'not met'} as measured{short})")
 n_probe = len(levels[0]["latency"]) if levels else 0
 body = "\n".join([
-    f"Machine: {d['machine']}. Memory cgroups: {d['cgroup']}. Start latency: {n_probe} sequential "
+    f"Machine: {d['machine']}, started {d.get('started_at', '?')}, load average before/after "
+    f"{' '.join(d.get('load_before', []))} / {' '.join(d.get('load_after', []))}. "
+    f"Memory cgroups: {d['cgroup']}. Start latency: {n_probe} sequential "
     f"`stockade run -- /bin/true` at each level, launch to exit, taking turns with as many bwrap runs "
     f"(the control), on the way up and again on the way back down (so {2 * n_probe if levels and levels[0].get('latency_down') else n_probe} "
     f"of each per level, fewer at the top).", "",
