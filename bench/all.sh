@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark, side by side with the peers, in one run on this machine; results (tables with
 # the machine description, and plots under bench/plots/) go into BENCHMARKS.md.
-#   bench/all.sh               full run (about 15-25 minutes on 2 vCPUs)
+#   bench/all.sh               full run (about 5 minutes on 2 vCPUs, after the release build)
 #   bench/all.sh --smoke       tiny counts, prints the tables, writes nothing into BENCHMARKS.md (CI)
 #   bench/all.sh --no-install  do not apt-get the missing Debian packages
 # As root it first installs what is missing: hyperfine, bubblewrap, runc, runsc (gVisor),
