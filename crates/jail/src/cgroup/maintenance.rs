@@ -67,10 +67,15 @@ pub fn sweep_stale(layout: &Layout, min_age: Duration) -> Vec<String> {
     }
     let mut removed = Vec::new();
     for (name, (dirs, old_enough)) in by_name {
+        // Age first: a young (live) sandbox's cgroup.procs is not read at all, so the sweep
+        // costs a stat per cgroup, not a read, on a host with many sandboxes alive.
+        if !old_enough {
+            continue;
+        }
         let empty = dirs
             .iter()
             .all(|d| list_pids(&d.join("cgroup.procs")).is_ok_and(|p| p.is_empty()));
-        if old_enough && empty && dirs.iter().all(|d| layout.fs.rmdir(d).is_ok()) {
+        if empty && dirs.iter().all(|d| layout.fs.rmdir(d).is_ok()) {
             removed.push(name);
         }
     }
