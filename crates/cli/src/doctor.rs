@@ -433,31 +433,8 @@ pub fn run(json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Whether this process may join the kernel's audit netlink multicast group (CAP_AUDIT_READ).
+/// Whether this process may join the kernel's audit netlink multicast group (CAP_AUDIT_READ):
+/// the same socket the violation watcher opens.
 fn audit_netlink_readable() -> bool {
-    // SAFETY: socket(2) with constant arguments; the result is checked before use.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            9, // NETLINK_AUDIT
-        )
-    };
-    if raw < 0 {
-        return false;
-    }
-    // SAFETY: `raw` is a new descriptor owned by nothing else.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-    // SAFETY: sockaddr_nl is plain old data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    addr.nl_groups = 1; // AUDIT_NLGRP_READLOG
-    // SAFETY: `addr` is a valid sockaddr_nl and its exact size is passed.
-    unsafe {
-        libc::bind(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            (&raw const addr).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        ) == 0
-    }
+    stockade_runtime::kmsg::open_netlink().is_some()
 }

@@ -151,7 +151,7 @@ const NLMSG_HDRLEN: usize = 16;
 
 /// A NETLINK_AUDIT socket joined to the read-only multicast group; None where that is refused
 /// (no CAP_AUDIT_READ, audit compiled out).
-fn open_netlink() -> Option<OwnedFd> {
+pub fn open_netlink() -> Option<OwnedFd> {
     // SAFETY: socket(2) with constant arguments; the result is checked before use.
     let raw = unsafe {
         libc::socket(
