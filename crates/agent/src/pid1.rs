@@ -377,6 +377,10 @@ fn wait_main(
         if pfd[1].revents != 0 {
             match read_frame::<SupervisorMsg>(ctrl) {
                 Ok(Some(SupervisorMsg::Go)) => {} // already running; a repeated Go changes nothing
+                // Session requests mean nothing to a one-shot run.
+                Ok(Some(
+                    SupervisorMsg::Exec(_) | SupervisorMsg::Signal { .. } | SupervisorMsg::Fs { .. },
+                )) => {}
                 Ok(Some(SupervisorMsg::DnsReply {
                     token,
                     allowed,

@@ -73,6 +73,22 @@ pub enum AgentMsg {
     Connect { name: String, port: u16 },
     /// A connection to the in-sandbox proxy port; the socket is attached (SCM_RIGHTS).
     Proxy,
+    /// Session mode: an [`ExecRequest`] is running (its pid inside). The supervisor's ends of its
+    /// stdio come attached to this frame (SCM_RIGHTS), in this order: the stdin pipe's write end
+    /// when `stdin` was asked for (else the command reads /dev/null), then for a PTY its master
+    /// alone, else the stdout pipe's read end and the stderr pipe's read end. `fds` says how many;
+    /// the supervisor checks the count and the type of each (pipe, or the ptmx character device).
+    ExecStarted { id: u64, pid: i32, fds: u8 },
+    /// Session mode: the request could not be started (126 not executable, 127 not found, 125
+    /// anything else); nothing runs.
+    ExecRefused { id: u64, code: i32, message: String },
+    /// Session mode: the request's process ended (its children may live on until the sandbox ends).
+    ExecExited { id: u64, termination: Termination },
+    /// Session mode: the answer to a [`SupervisorMsg::Fs`]. For [`FsReply::Opened`] the file's
+    /// descriptor is attached (a regular file opened inside the sandbox).
+    FsDone { id: u64, reply: FsReply },
+    /// Session mode: something changed under a watched directory.
+    FsEvent { watch: u64, event: WatchEvent },
     /// The command ended; every other process of the sandbox has been killed.
     Exited {
         termination: Termination,
@@ -99,6 +115,139 @@ pub enum SupervisorMsg {
         allowed: bool,
         ports: Vec<u16>,
     },
+    /// Session mode: start a process (answered by `ExecStarted` or `ExecRefused`, then `ExecExited`).
+    Exec(ExecRequest),
+    /// Session mode: send `signal` to the process group of a running request (only processes the
+    /// agent started for a request can be signalled this way).
+    Signal { id: u64, signal: i32 },
+    /// Session mode: a file operation, run by the agent inside the sandbox under the sandbox's
+    /// own confinement (uid, mount namespace, Landlock, seccomp); answered by `FsDone`.
+    Fs { id: u64, op: FsOp },
+}
+
+/// How the agent runs after `Go`: the policy's command once (`stockade run`), or requests until
+/// `Stop` (`stockade serve`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentMode {
+    #[default]
+    OneShot,
+    Session,
+}
+
+/// Terminal size for a PTY.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// One process to start in a session sandbox. The supervisor resolves everything: `env` is the
+/// whole environment, `cwd` an absolute path inside.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub id: u64,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    /// Give the process a stdin pipe (else /dev/null). Ignored with a PTY (the master is stdin).
+    pub stdin: bool,
+    /// Run on a new pseudo-terminal (stdin, stdout and stderr are its slave side).
+    pub pty: Option<PtySize>,
+}
+
+/// A file operation inside a session sandbox. Every path is absolute, inside the sandbox, and is
+/// resolved by the agent in the sandbox's mount namespace (so `..` and symlinks cannot leave it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum FsOp {
+    /// lstat; follows nothing.
+    Stat { path: String },
+    /// Entries under a directory, `depth` levels down (1: the directory's own entries). At most
+    /// [`MAX_LIST_ENTRIES`] entries; `truncated` says when there were more.
+    List { path: String, depth: u32 },
+    /// Creates the directory and its missing parents; `created` false when it already existed.
+    Mkdir { path: String },
+    /// rename(2), creating the destination's missing parents.
+    Move { from: String, to: String },
+    /// Removes a file, a symlink, or a directory with everything under it.
+    Remove { path: String },
+    /// Opens a regular file for the supervisor to read or write through the attached descriptor;
+    /// writing creates it (mode 0644, missing parents 0755) and truncates it.
+    Open { path: String, write: bool },
+    /// Watches a directory (and, when `recursive`, its subdirectories, also those created later).
+    Watch { path: String, recursive: bool },
+    Unwatch { watch: u64 },
+}
+
+/// Most entries one `List` returns (keeps a reply well under [`MAX_FRAME`]).
+pub const MAX_LIST_ENTRIES: usize = 10_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// What `Stat` and `List` say about one path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The last component.
+    pub name: String,
+    /// Absolute path inside the sandbox.
+    pub path: String,
+    pub kind: EntryKind,
+    pub size: u64,
+    /// st_mode & 0o7777.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Modification time, seconds and nanoseconds since the epoch.
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    /// For a symlink, what it points at (as stored, not resolved).
+    pub symlink_target: Option<String>,
+}
+
+/// The answer to one [`FsOp`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum FsReply {
+    Entry { entry: Entry },
+    List { entries: Vec<Entry>, truncated: bool },
+    Mkdir { created: bool, entry: Entry },
+    Moved { entry: Entry },
+    Removed,
+    /// The descriptor is attached to the frame; `entry` describes the file as opened.
+    Opened { entry: Entry },
+    Watching { watch: u64 },
+    Unwatched,
+    /// The operation failed: `errno` is the error number inside (ENOENT, EACCES, ENOTDIR, ...).
+    Failed { errno: i32, message: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchOp {
+    Create,
+    Write,
+    Remove,
+    Rename,
+    Chmod,
+}
+
+/// One change under a watched directory (`path` absolute inside). `Overflow` means events were
+/// lost (the kernel's queue filled); the watch goes on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WatchEvent {
+    Change { op: WatchOp, path: String },
+    Overflow,
+    /// The watched directory itself went away; no more events come for this watch.
+    Gone,
 }
 
 /// Writes one frame with a descriptor attached to its first byte.

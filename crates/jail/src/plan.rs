@@ -137,4 +137,8 @@ pub struct SandboxPlan {
     /// Network mode allowlist: the agent serves DNS and hands connections to the gateway.
     #[serde(default)]
     pub egress: bool,
+    /// Session mode (`stockade serve`): after `Go` the agent runs requests until `Stop` instead
+    /// of `argv` once.
+    #[serde(default)]
+    pub session: bool,
 }

@@ -463,6 +463,14 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
                 }
             }
             Ok(Event::Agent(AgentMsg::Connect { .. } | AgentMsg::Proxy)) => {}
+            // Session frames from a one-shot agent: not asked for, ignored.
+            Ok(Event::Agent(
+                AgentMsg::ExecStarted { .. }
+                | AgentMsg::ExecRefused { .. }
+                | AgentMsg::ExecExited { .. }
+                | AgentMsg::FsDone { .. }
+                | AgentMsg::FsEvent { .. },
+            )) => {}
             Ok(Event::Agent(AgentMsg::Ready { enforced: e })) => {
                 exec_started = Some(Instant::now());
                 if let Some(a) = audit {

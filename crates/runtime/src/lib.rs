@@ -14,6 +14,7 @@ pub mod plan;
 pub mod reads;
 pub mod relay;
 pub mod secrets;
+pub mod session;
 pub mod spawn;
 pub mod track;
 

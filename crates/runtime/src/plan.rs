@@ -484,6 +484,7 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
         landlock,
         seccomp: extras.seccomp,
         egress,
+        session: false,
     }
 }
 
