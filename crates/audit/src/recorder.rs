@@ -145,6 +145,27 @@ impl Recorder {
         })
     }
 
+    /// Reopens an existing sandbox log to append after event `last_seq` (recovery of a sandbox
+    /// whose supervisor died: its log is closed with the events it is missing).
+    pub fn reopen(
+        state: &StateDir,
+        sandbox_id: &str,
+        last_seq: u64,
+        redactor: Redactor,
+    ) -> io::Result<Recorder> {
+        let own = OpenOptions::new()
+            .append(true)
+            .open(state.sandbox_log(sandbox_id))?;
+        Ok(Recorder {
+            sandbox_id: sandbox_id.to_string(),
+            seq: last_seq,
+            own,
+            global: open_append(&state.global_log())?,
+            redactor,
+            observers: Vec::new(),
+        })
+    }
+
     pub fn sandbox_id(&self) -> &str {
         &self.sandbox_id
     }

@@ -58,7 +58,7 @@ pub struct RunOptions {
     pub audit: Option<audit::AuditOptions>,
 }
 
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     // SAFETY: getrandom writes at most `b.len()` bytes into the buffer it is given.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
@@ -88,7 +88,7 @@ pub fn resolve_workspace(policy: &Policy, base: &Path) -> Result<PathBuf, RunErr
     Ok(canon)
 }
 
-fn host_facts(workspace: PathBuf) -> HostFacts {
+pub(crate) fn host_facts(workspace: PathBuf) -> HostFacts {
     let system_links = plan::SYSTEM_DIRS
         .iter()
         .filter_map(|d| {
@@ -313,7 +313,7 @@ fn human(b: ByteSize) -> String {
 }
 
 /// Kills and reaps a launcher that never got its plan (any early error path).
-struct LaunchGuard(Option<Launched>);
+pub(crate) struct LaunchGuard(pub(crate) Option<Launched>);
 
 impl Drop for LaunchGuard {
     fn drop(&mut self) {

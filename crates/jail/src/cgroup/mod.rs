@@ -153,6 +153,8 @@ pub struct Stats {
     pub cpu_usage_ns: Option<u64>,
     /// Tasks currently in the cgroup.
     pub pids_current: Option<u64>,
+    /// Memory in use now, in bytes.
+    pub memory_current: Option<u64>,
 }
 
 /// What [`Cgroup::destroy`] could not do, one human-readable line each.

@@ -302,6 +302,10 @@ impl Cgroup {
             };
             s.memory_peak = peak;
             s.oom_kills = ooms;
+            s.memory_current = super::fsops::read_u64(&d.leaf.join(match d.version {
+                Version::V1 => "memory.usage_in_bytes",
+                Version::V2 => "memory.current",
+            }));
         }
         if let Some(d) = self.dir_for(Controller::Pids) {
             s.pids_max_hits = match d.version {
