@@ -74,6 +74,11 @@ pub struct OverrideArgs {
     /// gid inside [default: 1000]
     #[arg(long)]
     pub gid: Option<u32>,
+    /// Directory root filesystem (e.g. from debootstrap or an unpacked OCI image; absolute, owned
+    /// by root, not writable by others): the read-only lower layer of the sandbox's root, instead
+    /// of the host's /usr, /bin, /lib and curated /etc.
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
     /// Extra host path HOST[:PATH][:ro|rw], read-only unless :rw (repeatable).
     #[arg(long = "mount", value_name = "HOST[:PATH][:MODE]")]
     pub mounts: Vec<String>,
@@ -185,6 +190,7 @@ impl OverrideArgs {
             max_output: size("--max-output", &self.max_output)?,
             uid: self.uid,
             gid: self.gid,
+            rootfs: self.rootfs.clone(),
             mounts: self
                 .mounts
                 .iter()

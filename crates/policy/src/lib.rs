@@ -37,7 +37,8 @@
 //! with [`check_workspace_dir`]. It does not know which `/etc` entries the curated `/etc` holds.
 //! Likewise it does not check that an absolute `audit.sensitive` path lies in the workspace or
 //! under a mount target (the workspace is only known once resolved): the runtime does, with
-//! [`check_sensitive_paths`]. Whether the host allows fanotify is the runtime's question too.
+//! [`check_sensitive_paths`]. Whether `filesystem.rootfs` exists, is a directory owned by root
+//! and not writable by others is checked by the sandbox's launcher on the directory it opens. Whether the host allows fanotify is the runtime's question too.
 //!
 //! ## How it is tested
 //!

@@ -138,10 +138,16 @@ impl WorkspaceMode {
     }
 }
 
-/// Extra host paths and /etc entries.
+/// The root filesystem, extra host paths and /etc entries.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Filesystem {
+    /// A directory root filesystem (absolute host path, e.g. from `debootstrap` or an unpacked
+    /// OCI image): the read-only lower layer of the sandbox's root, instead of the host's
+    /// /usr, /bin, /lib and curated /etc. `None`: the host's system directories, read-only.
+    /// Left out of the serialized form when unset, so policies without it keep their digest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<PathBuf>,
     pub mounts: Vec<Mount>,
     /// Names relative to `/etc` added to the curated `/etc`.
     pub etc_extra: Vec<String>,

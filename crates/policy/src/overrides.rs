@@ -28,6 +28,8 @@ pub struct Overrides {
     pub max_output: Option<ByteSize>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// `filesystem.rootfs` (`--rootfs DIR`): a directory root filesystem.
+    pub rootfs: Option<PathBuf>,
     /// Added to `filesystem.mounts`; a flag mount replaces a file mount with the same target.
     pub mounts: Vec<Mount>,
     pub allow_weaker_isolation: Option<bool>,
@@ -95,6 +97,7 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("limits.max_output", "--max-output"),
     ("process.uid", "--uid"),
     ("process.gid", "--gid"),
+    ("filesystem.rootfs", "--rootfs"),
     ("filesystem.mounts", "--mount"),
     (
         "security.allow_weaker_isolation",
@@ -156,6 +159,10 @@ impl Policy {
             p.workspace.protect_git,
             "workspace.protect_git"
         );
+        if let Some(r) = &o.rootfs {
+            p.filesystem.rootfs = Some(r.clone());
+            one("filesystem.rootfs");
+        }
         take!(o.memory, p.limits.memory, "limits.memory");
         take!(o.swap, p.limits.swap, "limits.swap");
         take!(o.cpus, p.limits.cpus, "limits.cpus");

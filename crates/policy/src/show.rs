@@ -33,6 +33,10 @@ const MEANINGS: &[(&str, &str)] = &[
         "allow /, your home directory, /etc, /usr and other system directories as the workspace",
     ),
     (
+        "filesystem.rootfs",
+        "a directory root filesystem (absolute host path, e.g. from debootstrap or an unpacked OCI image, owned by root and not writable by others): the read-only lower layer of the sandbox's root instead of the host's /usr, /bin, /lib and curated /etc (--rootfs)",
+    ),
+    (
         "filesystem.mounts",
         "extra host paths: { host = \"/abs\", path = \"/inside\", mode = \"ro\" | \"rw\" }; read-only unless mode = \"rw\"; path defaults to host",
     ),
@@ -144,6 +148,7 @@ fn value_text(p: &Policy, key: &str) -> Option<String> {
         "workspace.mode" => quote(w.mode.as_str()),
         "workspace.protect_git" => w.protect_git.to_string(),
         "workspace.allow_system_path" => w.allow_system_path.to_string(),
+        "filesystem.rootfs" => quote_path(p.filesystem.rootfs.as_deref()?),
         "filesystem.mounts" => mounts(&p.filesystem.mounts),
         "filesystem.etc_extra" => array(p.filesystem.etc_extra.iter().map(|s| quote(s))),
         "process.uid" => pr.uid.to_string(),
@@ -179,6 +184,7 @@ fn value_text(p: &Policy, key: &str) -> Option<String> {
 fn value_of(p: &Policy, key: &str) -> String {
     match (key, value_text(p, key)) {
         ("workspace.path", None) => "the current directory".into(),
+        ("filesystem.rootfs", None) => "none (the host's system directories)".into(),
         (_, Some(v)) => v,
         (_, None) => "none".into(),
     }
@@ -213,7 +219,11 @@ impl Policy {
                     let _ = writeln!(out, "{name} = {v}");
                 }
                 None => {
-                    let _ = writeln!(out, "# {name} = \".\"");
+                    let example = match key {
+                        "filesystem.rootfs" => "/srv/rootfs/debian",
+                        _ => ".",
+                    };
+                    let _ = writeln!(out, "# {name} = \"{example}\"");
                 }
             }
         }

@@ -34,7 +34,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "secrets",
 ];
 pub(crate) const WORKSPACE_KEYS: &[&str] = &["path", "mode", "protect_git", "allow_system_path"];
-pub(crate) const FILESYSTEM_KEYS: &[&str] = &["mounts", "etc_extra"];
+pub(crate) const FILESYSTEM_KEYS: &[&str] = &["rootfs", "mounts", "etc_extra"];
 pub(crate) const MOUNT_KEYS: &[&str] = &["host", "path", "mode"];
 pub(crate) const PROCESS_KEYS: &[&str] = &["uid", "gid", "hostname", "env", "env_pass"];
 pub(crate) const LIMITS_KEYS: &[&str] = &[
@@ -102,6 +102,7 @@ pub(crate) fn read(src: &str, origin: &str) -> (Policy, SpanMap, Vec<PolicyError
                 ),
             }),
             "filesystem" => w.table("filesystem", v, FILESYSTEM_KEYS, |w, k, v| match k {
+                "rootfs" => w.field(&mut p.filesystem.rootfs, "filesystem.rootfs", v),
                 "mounts" => w.mounts(&mut p.filesystem.mounts, v),
                 _ => {
                     w.field(&mut p.filesystem.etc_extra, "filesystem.etc_extra", v);

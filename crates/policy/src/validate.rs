@@ -130,6 +130,11 @@ fn has_dotdot(p: &Path) -> bool {
 }
 
 fn filesystem(p: &Policy, out: &mut Vec<Issue>) {
+    if let Some(r) = &p.filesystem.rootfs
+        && let Some(m) = rootfs_problem(r)
+    {
+        out.push(Issue::new("filesystem.rootfs", m));
+    }
     let mut seen: Vec<std::path::PathBuf> = Vec::new();
     for (i, m) in p.filesystem.mounts.iter().enumerate() {
         let hk = format!("filesystem.mounts[{i}].host");
@@ -207,6 +212,49 @@ fn filesystem(p: &Policy, out: &mut Vec<Issue>) {
             out.push(Issue::new(key, m));
         }
     }
+}
+
+/// Why `path` cannot be a directory root filesystem, if it cannot (lexical: whether it exists,
+/// is a directory owned by root and not writable by others is checked when a sandbox starts).
+fn rootfs_problem(path: &Path) -> Option<String> {
+    let Some(text) = path.to_str() else {
+        return Some("path is not valid UTF-8".into());
+    };
+    if text.is_empty() {
+        return Some(
+            "path is empty; name a directory holding a root filesystem, e.g. \"/srv/rootfs/debian\", \
+             or leave rootfs out for the host's read-only system directories"
+                .into(),
+        );
+    }
+    if text.contains('\0') {
+        return Some("path contains a NUL byte; remove it".into());
+    }
+    if !path.is_absolute() {
+        return Some(format!(
+            "root filesystem path {text:?} must be absolute (start with /)"
+        ));
+    }
+    if has_dotdot(path) {
+        return Some(format!(
+            "root filesystem path {text:?} must not contain \"..\"; write the real path"
+        ));
+    }
+    let norm: std::path::PathBuf = path.components().collect();
+    if norm == Path::new("/") {
+        return Some(
+            "the host's own root \"/\" cannot be a root filesystem: it would show the whole host; \
+             name a directory holding one (e.g. from debootstrap), or leave rootfs out"
+                .into(),
+        );
+    }
+    if let Some(r) = RESERVED_TARGETS.iter().find(|r| norm.starts_with(r)) {
+        return Some(format!(
+            "{} is under {r}, which is not a root filesystem; name a directory holding one",
+            norm.display()
+        ));
+    }
+    None
 }
 
 fn etc_entry_problem(e: &str) -> Option<String> {

@@ -46,6 +46,7 @@ fn flags_win_over_the_file() {
         max_output: Some(ByteSize::mib(1)),
         uid: Some(0),
         gid: Some(0),
+        rootfs: Some("/srv/rootfs/flag".into()),
         mounts: vec![Mount {
             host: "/opt/c".into(),
             path: Some("/data".into()),
@@ -85,6 +86,7 @@ fn flags_win_over_the_file() {
     assert_eq!(p.limits.disk, ByteSize::gib(8));
     assert_eq!(p.limits.max_output, ByteSize::mib(1));
     assert_eq!((p.process.uid, p.process.gid), (0, 0));
+    assert_eq!(p.filesystem.rootfs, Some("/srv/rootfs/flag".into()));
     // The flag mount replaced the file mount with the same target; the other file mount stays.
     let targets: Vec<(&str, MountMode)> = p
         .filesystem
@@ -199,6 +201,33 @@ fn bad_flag_mount_and_workspace() {
 }
 
 #[test]
+fn rootfs_flag_wins_over_the_file_and_errors_name_it() {
+    let mut p = Policy::from_toml(
+        "[filesystem]\nrootfs = \"/srv/rootfs/a\"\n",
+        "policy.toml",
+    )
+    .unwrap();
+    let before = p.clone();
+    let e = p
+        .apply(&Overrides {
+            rootfs: Some("rootfs".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "--rootfs: root filesystem path \"rootfs\" must be absolute (start with /)"
+    );
+    assert_eq!(p, before, "a refused flag changes nothing");
+    p.apply(&Overrides {
+        rootfs: Some("/srv/rootfs/b".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(p.filesystem.rootfs, Some("/srv/rootfs/b".into()));
+}
+
+#[test]
 fn problems_not_from_a_flag_are_reported_against_the_policy() {
     let mut p = Policy::default();
     p.limits.open_files = 1; // set in code, not by a flag
@@ -217,7 +246,7 @@ fn problems_not_from_a_flag_are_reported_against_the_policy() {
 #[test]
 fn flags_table_covers_every_override() {
     let keys: Vec<&str> = FLAGS.iter().map(|(k, _)| *k).collect();
-    assert_eq!(keys.len(), 25);
+    assert_eq!(keys.len(), 26);
     let described: Vec<&str> = describe_defaults().iter().map(|(k, _, _)| *k).collect();
     for k in keys {
         assert!(described.contains(&k), "{k}");

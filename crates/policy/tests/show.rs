@@ -24,6 +24,7 @@ fn everything() -> Policy {
             allow_system_path: true,
         },
         filesystem: Filesystem {
+            rootfs: Some("/srv/rootfs/deb \"x\"".into()),
             mounts: vec![
                 Mount {
                     host: "/opt/data".into(),
@@ -147,7 +148,7 @@ fn to_toml_round_trips() {
 fn to_toml_comments_every_key_from_describe_defaults() {
     let text = everything().to_toml();
     let defaults = describe_defaults();
-    assert_eq!(defaults.len(), 33);
+    assert_eq!(defaults.len(), 34);
     for (key, default, meaning) in &defaults {
         let name = key.rsplit('.').next().unwrap();
         let comment = format!("# {meaning}. Default: {default}.\n");
@@ -175,6 +176,7 @@ fn to_toml_comments_every_key_from_describe_defaults() {
     assert_eq!(d["network.allow"], "[]");
     assert_eq!(d["network.allow_open"], "false");
     assert_eq!(d["network.hosts"], "{}");
+    assert_eq!(d["filesystem.rootfs"], "none (the host's system directories)");
 }
 
 #[test]
@@ -229,6 +231,33 @@ fn default_workspace_path_is_a_comment() {
     let text = Policy::default().to_toml();
     assert!(text.contains("\n# path = \".\"\n"));
     assert!(!text.contains("\npath ="));
+}
+
+#[test]
+fn rootfs_is_a_comment_by_default_and_round_trips_when_set() {
+    let text = Policy::default().to_toml();
+    assert!(text.contains("\n# rootfs = \"/srv/rootfs/debian\"\n"), "{text}");
+    assert!(!text.contains("\nrootfs ="));
+    let mut p = Policy::default();
+    p.filesystem.rootfs = Some("/srv/rootfs/debian".into());
+    let text = p.to_toml();
+    let at = text.find("\n[filesystem]\n").unwrap();
+    assert!(
+        text[at..].contains("\nrootfs = \"/srv/rootfs/debian\"\n"),
+        "{text}"
+    );
+    assert_eq!(Policy::from_toml(&text, "shown.toml").unwrap(), p);
+}
+
+/// A policy without a root filesystem serializes as before the key existed (its digest, which
+/// every audit record carries, does not change); one with it differs.
+#[test]
+fn rootfs_unset_is_left_out_of_the_digest() {
+    let json = serde_json::to_string(&Policy::default()).unwrap();
+    assert!(!json.contains("rootfs"), "{json}");
+    let mut p = Policy::default();
+    p.filesystem.rootfs = Some("/srv/rootfs/debian".into());
+    assert_ne!(p.digest(), Policy::default().digest());
 }
 
 /// The key lists used for unknown-key messages match the serde field names, so the walker and

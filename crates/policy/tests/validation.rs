@@ -352,6 +352,30 @@ fn mount_rules() {
 }
 
 #[test]
+fn rootfs_rules() {
+    // A relative path is refused at its value's line and column.
+    let e = one("version = 1\n[filesystem]\nrootfs = \"srv/rootfs\"\n");
+    assert_eq!(
+        e.to_string(),
+        "policy.toml:3:10: filesystem.rootfs: root filesystem path \"srv/rootfs\" must be \
+         absolute (start with /)"
+    );
+    assert_eq!((e.line, e.column), (Some(3), Some(10)));
+    let r = |v: &str| format!("[filesystem]\nrootfs = {v}");
+    rejects(&r("\"\""), "filesystem.rootfs", "path is empty");
+    rejects(&r("\"./x\""), "filesystem.rootfs", "must be absolute");
+    rejects(&r("\"/srv/../etc\""), "filesystem.rootfs", "\"..\"");
+    rejects(&r("\"/\""), "filesystem.rootfs", "whole host");
+    rejects(&r("\"//\""), "filesystem.rootfs", "whole host");
+    rejects(&r("\"/proc/1/root\""), "filesystem.rootfs", "under /proc");
+    rejects(&r("\"/a\\u0000b\""), "filesystem.rootfs", "NUL");
+    rejects(&r("1"), "filesystem.rootfs", "invalid type");
+    let p = ok(&r("\"/srv/rootfs/debian/\""));
+    assert_eq!(p.filesystem.rootfs, Some("/srv/rootfs/debian/".into()));
+    assert_eq!(ok("").filesystem.rootfs, None);
+}
+
+#[test]
 fn a_dropped_mount_does_not_shift_later_positions() {
     let e = errs("[filesystem]\nmounts = [\n { host = 1 },\n { host = \"rel\" },\n]");
     assert_eq!(e.len(), 2, "{e:?}");
