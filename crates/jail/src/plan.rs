@@ -121,6 +121,12 @@ pub struct SandboxPlan {
     /// disk budget.
     pub scratch_bytes: u64,
     pub home: PathBuf,
+    /// A directory root filesystem (host path): the read-only lower layer of an overlay that is
+    /// the sandbox's root (upper layer on the scratch tmpfs, sealed read-only after setup), in
+    /// place of a small tmpfs root. `root_ops` then add to it; the root filesystem's own
+    /// symlinks are never followed while they do (see `rootfs::build`).
+    #[serde(default)]
+    pub rootfs: Option<PathBuf>,
     pub root_ops: Vec<RootOp>,
     pub workspace: WorkspacePlan,
     pub cwd: PathBuf,

@@ -8,6 +8,10 @@
 //!    so a workspace under the host's /tmp is captured before /tmp is covered, and a path swapped
 //!    afterwards cannot redirect the bind;
 //! 3. mount the new root (a small tmpfs) on /tmp of this namespace and lay out the plan's steps;
+//!    with a directory root filesystem (`plan.rootfs`), the new root is instead an overlay whose
+//!    read-only lower layer is that directory and whose upper layer is on the scratch tmpfs, and
+//!    the steps add to it without ever following the root filesystem's own symlinks (they would
+//!    resolve in the host's view here, before the pivot);
 //! 4. one "scratch" tmpfs, sized to the disk budget, backs /tmp, HOME, /dev/shm and an overlay's
 //!    upper layer, so the sandbox's ephemeral writes share one hard cap;
 //! 5. a fresh /proc (its own PID namespace) with /proc/sys and other knobs read-only and kernel
@@ -16,6 +20,12 @@
 //! 6. the workspace (rw, ro, overlay or tmp) with `.git` pinned and what git reads settings
 //!    and commands from (`hooks`, `config`, `commondir`, ...) read-only;
 //! 7. the root itself is made read-only, `pivot_root`, and the old root is detached.
+//!
+//! A directory root filesystem is vetted on the directory actually opened: owned by root, not
+//! writable by others, no directory above it that others could swap it from, and not inside (nor
+//! containing) a writable bind of the same sandbox; only a root launcher may use one (ids of its
+//! files stay as they are: root-owned files appear owned by root inside, through the launcher's
+//! `0 0 1` mapping, like the host's /usr in the default root).
 //!
 //! Nothing here is visible outside: the mounts die with the namespace, which dies with the
 //! sandbox's last process. There is no host-side temp directory to clean up.
@@ -33,6 +43,9 @@ use std::path::{Component, Path, PathBuf};
 const STAGING: &str = "/tmp";
 /// Hidden mount points inside the staging root, removed before the pivot.
 const HIDDEN: &str = ".stockade";
+/// With a directory root filesystem: where the overlay that becomes the root is mounted, in the
+/// staging tmpfs (which is left behind with the old root).
+const OVERLAY_ROOT: &str = "root";
 
 /// A setup step that failed: what was being done, on which path, and the OS error.
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +222,10 @@ pub fn build(plan: &SandboxPlan, mut pre: PreOpened) -> Result<BuiltRoot, SetupE
             other => staged.push(Staged::Op(other.clone())),
         }
     }
+    let rootfs_tree = match &plan.rootfs {
+        Some(dir) => Some(open_rootfs(plan, dir)?),
+        None => None,
+    };
     let ws = &plan.workspace;
     let ws_tree = match ws.kind {
         WorkspaceKind::Tmp => None,
@@ -226,14 +243,35 @@ pub fn build(plan: &SandboxPlan, mut pre: PreOpened) -> Result<BuiltRoot, SetupE
         }),
     };
 
-    // Phase 2: the new root.
-    let root = Path::new(STAGING);
-    tmpfs(root, "size=4m,mode=0755", 0)?;
+    // Phase 2: the new root: the staging tmpfs itself, or an overlay on the root filesystem.
+    let base = Path::new(STAGING);
+    tmpfs(base, "size=4m,mode=0755", 0)?;
+    let hidden = base.join(HIDDEN);
+    let (root, early_scratch) = match rootfs_tree {
+        None => (base.to_path_buf(), None),
+        Some(lower) => {
+            // The overlay's upper layer lives on the scratch tmpfs, so scratch comes first here.
+            let scratch = make_scratch(&hidden, plan.scratch_bytes)?;
+            let root = base.join(OVERLAY_ROOT);
+            mount_root_overlay(lower, &hidden, &scratch, &root)?;
+            (root, Some(scratch))
+        }
+    };
+    let root = root.as_path();
+    let tree = Tree {
+        root,
+        strict: plan.rootfs.is_some(),
+    };
     for s in staged {
         match s {
-            Staged::Op(RootOp::Dir { path, mode }) => mkdir_p(&inside(root, &path), mode)?,
+            Staged::Op(RootOp::Dir { path, mode }) => {
+                let p = inside(root, &path);
+                tree.guard(&p, Want::Dir)?;
+                mkdir_p(&p, mode)?
+            }
             Staged::Op(RootOp::Symlink { path, target }) | Staged::Link(path, target) => {
                 let p = inside(root, &path);
+                tree.guard(&p, Want::Link)?;
                 if let Some(parent) = p.parent() {
                     mkdir_p(parent, 0o755)?;
                 }
@@ -243,38 +281,46 @@ pub fn build(plan: &SandboxPlan, mut pre: PreOpened) -> Result<BuiltRoot, SetupE
                 path,
                 contents,
                 mode,
-            }) => write_file(&inside(root, &path), contents.as_bytes(), mode)?,
-            Staged::Copy(path, data) => write_file(&inside(root, &path), &data, 0o644)?,
-            Staged::Bind(b, fd) => attach(&fd, &inside(root, &b.target), is_dir_fd(&fd))?,
+            }) => {
+                let p = inside(root, &path);
+                tree.guard(&p, Want::File)?;
+                write_file(&p, contents.as_bytes(), mode)?
+            }
+            Staged::Copy(path, data) => {
+                let p = inside(root, &path);
+                tree.guard(&p, Want::File)?;
+                write_file(&p, &data, 0o644)?
+            }
+            Staged::Bind(b, fd) => {
+                let p = inside(root, &b.target);
+                let is_dir = is_dir_fd(&fd);
+                tree.guard(&p, if is_dir { Want::Dir } else { Want::File })?;
+                attach(&fd, &p, is_dir)?
+            }
             Staged::Op(RootOp::Bind(_) | RootOp::CopyFile { .. }) => {}
         }
     }
 
     // Phase 3: scratch (the disk budget), /tmp, HOME, /dev, /proc.
-    let hidden = root.join(HIDDEN);
-    let scratch = hidden.join("scratch");
-    mkdir_p(&scratch, 0o700)?;
-    tmpfs(
-        &scratch,
-        &format!("size={},mode=0755", plan.scratch_bytes.max(4096)),
-        0,
-    )?;
-    for d in ["tmp", "home", "shm", "upper", "work", "ws"] {
-        mkdir_p(&scratch.join(d), 0o755)?;
-    }
-    for d in ["tmp", "shm"] {
-        fs::set_permissions(scratch.join(d), fs::Permissions::from_mode(0o1777))
-            .map_err(err("chmod", &scratch))?;
-    }
+    let scratch = match early_scratch {
+        Some(s) => s,
+        None => make_scratch(&hidden, plan.scratch_bytes)?,
+    };
     chown(&scratch.join("home"), plan.uid, plan.gid)?;
     chown(&scratch.join("ws"), plan.uid, plan.gid)?;
-    bind_path(&scratch.join("tmp"), &root.join("tmp"))?;
-    bind_path(&scratch.join("home"), &inside(root, &plan.home))?;
+    let home = inside(root, &plan.home);
+    for (src, dst) in [("tmp", root.join("tmp")), ("home", home)] {
+        tree.guard(&dst, Want::Dir)?;
+        bind_path(&scratch.join(src), &dst)?;
+    }
+    tree.guard(&root.join("dev"), Want::Dir)?;
     build_dev(root, &scratch)?;
+    tree.guard(&root.join("proc"), Want::Dir)?;
     build_proc(root)?;
 
     // Phase 4: the workspace.
     let target = inside(root, &ws.target);
+    tree.guard(&target, Want::Dir)?;
     let mut built = BuiltRoot {
         overlay_upper: None,
         overlay_lower: None,
@@ -286,37 +332,12 @@ pub fn build(plan: &SandboxPlan, mut pre: PreOpened) -> Result<BuiltRoot, SetupE
             attach(&tree, &lower, true)?;
             // The overlay's root takes the upper directory's owner and mode: copy the lower's
             // (ids that are not mapped here read as the overflow id and are left as they are).
-            let lm = fs::metadata(&lower).map_err(err("inspecting", &lower))?;
-            let upper = scratch.join("upper");
-            {
-                use std::os::unix::fs::MetadataExt;
-                const OVERFLOW: u32 = 65534;
-                let uid = (lm.uid() != OVERFLOW).then_some(lm.uid());
-                let gid = (lm.gid() != OVERFLOW).then_some(lm.gid());
-                std::os::unix::fs::chown(&upper, uid, gid).map_err(err("chown", &upper))?;
-                fs::set_permissions(&upper, fs::Permissions::from_mode(lm.mode() & 0o7777))
-                    .map_err(err("chmod", &upper))?;
-            }
-            let opts = format!(
-                "lowerdir={},upperdir={},workdir={},userxattr",
-                lower.display(),
-                scratch.join("upper").display(),
-                scratch.join("work").display()
-            );
-            let data = CString::new(opts).map_err(|_| SetupError {
-                what: "mounting overlay on",
-                path: target.display().to_string(),
-                source: io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"),
-            })?;
-            mkdir_p(&target, 0o755)?;
-            sys::mount(
-                Some(c"overlay"),
+            overlay(
+                &lower,
+                &scratch.join("upper"),
+                &scratch.join("work"),
                 &target,
-                Some(c"overlay"),
-                libc::MS_NOSUID | libc::MS_NODEV,
-                Some(&data),
-            )
-            .map_err(err("mounting overlay on", &target))?;
+            )?;
             built.overlay_upper = Some(open_path(&scratch.join("upper"))?);
             built.overlay_lower = Some(open_path(&lower)?);
             sys::umount2(&lower, libc::MNT_DETACH).map_err(err("detaching", &lower))?;
@@ -333,7 +354,8 @@ pub fn build(plan: &SandboxPlan, mut pre: PreOpened) -> Result<BuiltRoot, SetupE
         }
     }
 
-    // Phase 5: hide the staging mounts, seal the root, pivot.
+    // Phase 5: hide the staging mounts, seal the root (an overlay root too: writes go to the
+    // usual writable places only), pivot.
     sys::umount2(&scratch, libc::MNT_DETACH).map_err(err("detaching", &scratch))?;
     fs::remove_dir_all(&hidden).map_err(err("removing", &hidden))?;
     sys::mount_setattr_path(
@@ -347,6 +369,295 @@ pub fn build(plan: &SandboxPlan, mut pre: PreOpened) -> Result<BuiltRoot, SetupE
     sys::umount2(Path::new("."), libc::MNT_DETACH).map_err(err("detaching old root", slash))?;
     std::env::set_current_dir(slash).map_err(err("entering", slash))?;
     Ok(built)
+}
+
+/// The scratch tmpfs (the disk budget) under `hidden`, with its usual directories.
+fn make_scratch(hidden: &Path, bytes: u64) -> Result<PathBuf, SetupError> {
+    let scratch = hidden.join("scratch");
+    mkdir_p(&scratch, 0o700)?;
+    tmpfs(&scratch, &format!("size={},mode=0755", bytes.max(4096)), 0)?;
+    for d in [
+        "tmp",
+        "home",
+        "shm",
+        "upper",
+        "work",
+        "ws",
+        "root-upper",
+        "root-work",
+    ] {
+        mkdir_p(&scratch.join(d), 0o755)?;
+    }
+    for d in ["tmp", "shm"] {
+        fs::set_permissions(scratch.join(d), fs::Permissions::from_mode(0o1777))
+            .map_err(err("chmod", &scratch))?;
+    }
+    Ok(scratch)
+}
+
+/// Mounts an overlay of `lower` (a directory already attached here) on `target`. The overlay's
+/// root takes the upper directory's owner and mode, so the lower's are copied to it first (ids
+/// that are not mapped here read as the overflow id and are left as they are).
+fn overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> Result<(), SetupError> {
+    use std::os::unix::fs::MetadataExt;
+    const OVERFLOW: u32 = 65534;
+    let lm = fs::metadata(lower).map_err(err("inspecting", lower))?;
+    let uid = (lm.uid() != OVERFLOW).then_some(lm.uid());
+    let gid = (lm.gid() != OVERFLOW).then_some(lm.gid());
+    std::os::unix::fs::chown(upper, uid, gid).map_err(err("chown", upper))?;
+    fs::set_permissions(upper, fs::Permissions::from_mode(lm.mode() & 0o7777))
+        .map_err(err("chmod", upper))?;
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let data = CString::new(opts).map_err(|_| SetupError {
+        what: "mounting overlay on",
+        path: target.display().to_string(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"),
+    })?;
+    mkdir_p(target, 0o755)?;
+    sys::mount(
+        Some(c"overlay"),
+        target,
+        Some(c"overlay"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some(&data),
+    )
+    .map_err(err("mounting overlay on", target))
+}
+
+/// The root overlay: `lower` (the root filesystem's detached tree) attached under `hidden` only
+/// long enough to be named as the lower layer, the upper layer on the scratch tmpfs.
+fn mount_root_overlay(
+    lower: OwnedFd,
+    hidden: &Path,
+    scratch: &Path,
+    root: &Path,
+) -> Result<(), SetupError> {
+    let at = hidden.join("rootfs");
+    attach(&lower, &at, true)?;
+    drop(lower);
+    overlay(
+        &at,
+        &scratch.join("root-upper"),
+        &scratch.join("root-work"),
+        root,
+    )?;
+    sys::umount2(&at, libc::MNT_DETACH).map_err(err("detaching", &at))
+}
+
+fn refuse(what: &'static str, path: &Path, why: String) -> SetupError {
+    SetupError {
+        what,
+        path: path.display().to_string(),
+        source: io::Error::new(io::ErrorKind::PermissionDenied, why),
+    }
+}
+
+/// Owner and mode rules for the root filesystem directory itself.
+fn vet_rootfs_meta(dir: &Path, m: &fs::Metadata) -> Result<(), SetupError> {
+    use std::os::unix::fs::MetadataExt;
+    const WHAT: &str = "refusing the root filesystem";
+    if !m.is_dir() {
+        return Err(refuse(WHAT, dir, "it is not a directory".into()));
+    }
+    if m.uid() != 0 {
+        return Err(refuse(
+            WHAT,
+            dir,
+            format!(
+                "it is owned by uid {} (as seen by the launcher), not root; a root filesystem                  must be owned by root and not writable by others (chown root: it)",
+                m.uid()
+            ),
+        ));
+    }
+    if m.mode() & 0o002 != 0 {
+        return Err(refuse(
+            WHAT,
+            dir,
+            format!(
+                "it is writable by others (mode {:04o}); a root filesystem the sandbox user could                  alter on the host is refused (chmod o-w it)",
+                m.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `dir` can be a directory root filesystem and returns its canonical path: it
+/// exists, is a directory owned by root and not writable by others, and no directory above it
+/// is writable by others without the sticky bit (anyone could swap it there). For callers that
+/// vet a root filesystem ahead of time (e.g. when a template is added); a sandbox's PID 1 repeats
+/// these checks and vets the directory it actually opens.
+pub fn check_rootfs(dir: &Path) -> Result<PathBuf, SetupError> {
+    use std::os::unix::fs::MetadataExt;
+    let canon = fs::canonicalize(dir).map_err(err("opening the root filesystem", dir))?;
+    let m = fs::metadata(&canon).map_err(err("opening the root filesystem", &canon))?;
+    vet_rootfs_meta(&canon, &m)?;
+    for up in canon.ancestors().skip(1) {
+        let am = fs::metadata(up).map_err(err("inspecting", up))?;
+        if am.mode() & 0o002 != 0 && am.mode() & libc::S_ISVTX == 0 {
+            return Err(refuse(
+                "refusing the root filesystem",
+                &canon,
+                format!(
+                    "{} above it is writable by others without the sticky bit (mode {:04o}), so                      anyone could replace the root filesystem; move it or chmod o-w {}",
+                    up.display(),
+                    am.mode() & 0o7777,
+                    up.display()
+                ),
+            ));
+        }
+    }
+    Ok(canon)
+}
+
+/// Opens the plan's root filesystem as a detached, read-only tree after vetting it: see
+/// [`check_rootfs`], plus the tree itself (what the overlay will use) and that no writable bind
+/// of this sandbox reaches into it or contains it.
+fn open_rootfs(plan: &SandboxPlan, dir: &Path) -> Result<OwnedFd, SetupError> {
+    if plan.idmap_host_uid.is_none() {
+        return Err(refuse(
+            "refusing the root filesystem",
+            dir,
+            "a directory root filesystem needs stockade to run as root (an ordinary user's              sandbox cannot map the root filesystem's root-owned files)"
+                .into(),
+        ));
+    }
+    let canon = check_rootfs(dir)?;
+    let mut writable: Vec<(&str, &Path)> = Vec::new();
+    if plan.workspace.kind == WorkspaceKind::Rw {
+        writable.push(("workspace", &plan.workspace.host));
+    }
+    for op in &plan.root_ops {
+        if let RootOp::Bind(b) = op
+            && b.writable
+        {
+            writable.push(("writable mount", &b.source));
+        }
+    }
+    for (what, p) in writable {
+        let p = fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        if p.starts_with(&canon) || canon.starts_with(&p) {
+            return Err(refuse(
+                "refusing the root filesystem",
+                &canon,
+                format!(
+                    "it overlaps the {what} {}, through which the sandbox could change its own                      root filesystem on the host",
+                    p.display()
+                ),
+            ));
+        }
+    }
+    let fd =
+        sys::open_tree_clone(&canon, false).map_err(err("opening the root filesystem", &canon))?;
+    let f = fs::File::from(fd);
+    let m = f
+        .metadata()
+        .map_err(err("inspecting the root filesystem", &canon))?;
+    vet_rootfs_meta(&canon, &m)?;
+    let fd = OwnedFd::from(f);
+    set_bind_attrs(&fd, false, false, &canon)?;
+    Ok(fd)
+}
+
+/// What is about to be created at a path inside the root.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Dir,
+    File,
+    Link,
+}
+
+/// The root being laid out, and whether it holds someone else's files (a directory root
+/// filesystem) whose symlinks must not be followed while it is built: before the pivot they
+/// would resolve in the host's view, so `/etc -> /root/.ssh` in a root filesystem would make
+/// setup write on the host.
+struct Tree<'a> {
+    root: &'a Path,
+    strict: bool,
+}
+
+impl Tree<'_> {
+    /// In a strict tree, makes `p` (under the root) safe to create as `want`: every existing
+    /// component on the way must be a real directory (a symlink is refused), and a symlink at
+    /// `p` itself is removed (from the overlay: the root filesystem is untouched), as is a file
+    /// or an empty directory where a symlink goes. Missing components are left to be created.
+    fn guard(&self, p: &Path, want: Want) -> Result<(), SetupError> {
+        if !self.strict {
+            return Ok(());
+        }
+        let rel = p.strip_prefix(self.root).unwrap_or(p);
+        let parts: Vec<Component> = rel
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .collect();
+        let shown = |cur: &Path| Path::new("/").join(cur.strip_prefix(self.root).unwrap_or(cur));
+        let mut cur = self.root.to_path_buf();
+        for (i, c) in parts.iter().enumerate() {
+            cur.push(c);
+            let last = i + 1 == parts.len();
+            let m = match fs::symlink_metadata(&cur) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(err("inspecting", &cur)(e)),
+            };
+            let ft = m.file_type();
+            if ft.is_symlink() {
+                if !last {
+                    return Err(SetupError {
+                        what: "root filesystem: a symlink is in the way at",
+                        path: shown(&cur).display().to_string(),
+                        source: io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!(
+                                "stockade builds {} and does not follow the root filesystem's                                  links while doing so; make it a directory",
+                                shown(p).display()
+                            ),
+                        ),
+                    });
+                }
+                return fs::remove_file(&cur).map_err(err("replacing symlink", &cur));
+            }
+            if !last {
+                if !ft.is_dir() {
+                    return Err(SetupError {
+                        what: "root filesystem: not a directory:",
+                        path: shown(&cur).display().to_string(),
+                        source: io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("stockade needs it to build {}", shown(p).display()),
+                        ),
+                    });
+                }
+                continue;
+            }
+            return match (want, ft.is_dir()) {
+                (Want::Dir, true) | (Want::File, false) => Ok(()),
+                (Want::Link, true) => fs::remove_dir(&cur).map_err(err("replacing", &cur)),
+                (Want::Link, false) => fs::remove_file(&cur).map_err(err("replacing", &cur)),
+                (Want::Dir, false) | (Want::File, true) => Err(SetupError {
+                    what: "root filesystem: in the way at",
+                    path: shown(&cur).display().to_string(),
+                    source: io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "stockade needs a {} there",
+                            if want == Want::Dir {
+                                "directory"
+                            } else {
+                                "file"
+                            }
+                        ),
+                    ),
+                }),
+            };
+        }
+        Ok(())
+    }
 }
 
 fn chown(p: &Path, uid: u32, gid: u32) -> Result<(), SetupError> {

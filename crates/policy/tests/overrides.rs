@@ -202,11 +202,8 @@ fn bad_flag_mount_and_workspace() {
 
 #[test]
 fn rootfs_flag_wins_over_the_file_and_errors_name_it() {
-    let mut p = Policy::from_toml(
-        "[filesystem]\nrootfs = \"/srv/rootfs/a\"\n",
-        "policy.toml",
-    )
-    .unwrap();
+    let mut p =
+        Policy::from_toml("[filesystem]\nrootfs = \"/srv/rootfs/a\"\n", "policy.toml").unwrap();
     let before = p.clone();
     let e = p
         .apply(&Overrides {

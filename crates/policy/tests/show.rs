@@ -176,7 +176,10 @@ fn to_toml_comments_every_key_from_describe_defaults() {
     assert_eq!(d["network.allow"], "[]");
     assert_eq!(d["network.allow_open"], "false");
     assert_eq!(d["network.hosts"], "{}");
-    assert_eq!(d["filesystem.rootfs"], "none (the host's system directories)");
+    assert_eq!(
+        d["filesystem.rootfs"],
+        "none (the host's system directories)"
+    );
 }
 
 #[test]
@@ -236,7 +239,10 @@ fn default_workspace_path_is_a_comment() {
 #[test]
 fn rootfs_is_a_comment_by_default_and_round_trips_when_set() {
     let text = Policy::default().to_toml();
-    assert!(text.contains("\n# rootfs = \"/srv/rootfs/debian\"\n"), "{text}");
+    assert!(
+        text.contains("\n# rootfs = \"/srv/rootfs/debian\"\n"),
+        "{text}"
+    );
     assert!(!text.contains("\nrootfs ="));
     let mut p = Policy::default();
     p.filesystem.rootfs = Some("/srv/rootfs/debian".into());

@@ -3,6 +3,14 @@
 //! [`HostFacts`] is everything read from the host (ids, environment, which system dirs are
 //! symlinks); [`build`] turns a validated policy and those facts into a [`SandboxPlan`] without
 //! touching the system, so every decision here is unit-tested without root.
+//!
+//! Two roots: by default a small tmpfs with the host's system directories bound read-only and a
+//! curated /etc; with `filesystem.rootfs`, that directory is the read-only lower layer of an
+//! overlay root (the host's /usr, /bin, /lib and /etc are not bound at all), and only what the
+//! sandbox needs from Stockade is added on top: /proc, /dev, /tmp, HOME, the workspace, the
+//! mounts, and generated /etc/passwd, group, hostname, hosts and resolv.conf (the root
+//! filesystem's own are replaced, not trusted). Either root is sealed read-only: the sandbox
+//! writes to /tmp, HOME, /dev/shm, the workspace and rw mounts, as by default.
 
 use std::path::{Path, PathBuf};
 use stockade_jail::plan::{
@@ -12,8 +20,10 @@ use stockade_policy::{MountMode, Policy, WorkspaceMode};
 
 /// The PATH every sandbox starts with (the host's PATH names host directories that may not exist inside).
 pub const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// HOME inside: a private tmpfs directory.
+/// HOME inside: a private tmpfs directory (for the default login name, [`SANDBOX_USER`]).
 pub const SANDBOX_HOME: &str = "/home/sandbox";
+/// The default login name inside.
+pub const SANDBOX_USER: &str = "sandbox";
 /// Host uids that root-launched sandboxes run as (outside their user namespace): one per sandbox,
 /// picked from this otherwise unused range, so a sandbox owns no host file.
 pub const HOST_UID_BASE: u32 = 0x7000_0000;
@@ -111,6 +121,53 @@ pub struct Extras {
     pub trust: Option<crate::secrets::Trust>,
 }
 
+/// The login name inside a sandbox, with home `/home/<name>`: `[a-z_][a-z0-9_-]{0,31}` and not a
+/// name the generated /etc/passwd or /etc/group already holds. Default [`SANDBOX_USER`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserName(String);
+
+impl Default for UserName {
+    fn default() -> Self {
+        UserName(SANDBOX_USER.to_string())
+    }
+}
+
+impl UserName {
+    /// Checks a requested login name (e.g. `SessionOptions::user`).
+    pub fn parse(name: &str) -> Result<UserName, crate::error::RunError> {
+        let b = name.as_bytes();
+        let first_ok = b
+            .first()
+            .is_some_and(|c| c.is_ascii_lowercase() || *c == b'_');
+        let rest_ok = b
+            .iter()
+            .skip(1)
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-');
+        if !(first_ok && rest_ok && b.len() <= 32) {
+            return Err(crate::error::RunError::Usage(format!(
+                "user name {name:?} is not valid: use 1 to 32 characters, lowercase letters, \
+                 digits, '_' or '-', starting with a letter or '_' (e.g. \"user\")"
+            )));
+        }
+        if ["root", "nobody", "nogroup"].contains(&name) {
+            return Err(crate::error::RunError::Usage(format!(
+                "user name {name:?} is reserved inside the sandbox (the command never runs as \
+                 root there); pick another, e.g. \"user\""
+            )));
+        }
+        Ok(UserName(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `/home/<name>`.
+    pub fn home(&self) -> PathBuf {
+        Path::new("/home").join(&self.0)
+    }
+}
+
 fn bind(source: &str, target: &str, writable: bool, optional: bool) -> RootOp {
     RootOp::Bind(Bind {
         source: PathBuf::from(source),
@@ -164,24 +221,38 @@ fn trust_ops(t: &crate::secrets::Trust, ops: &mut Vec<RootOp>) {
     });
 }
 
-fn passwd(uid: u32, gid: u32) -> String {
+fn passwd(uid: u32, gid: u32, user: &UserName) -> String {
+    let (name, home) = (user.as_str(), user.home());
     format!(
-        "root:x:0:0:root:/root:/bin/sh\nsandbox:x:{uid}:{gid}:sandbox:{SANDBOX_HOME}:/bin/sh\n\
-         nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+        "root:x:0:0:root:/root:/bin/sh\n{name}:x:{uid}:{gid}:{name}:{home}:/bin/sh\n\
+         nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        home = home.display()
     )
 }
 
-fn group(gid: u32) -> String {
-    format!("root:x:0:\nsandbox:x:{gid}:\nnogroup:x:65534:\n")
+fn group(gid: u32, user: &UserName) -> String {
+    format!(
+        "root:x:0:\n{name}:x:{gid}:\nnogroup:x:65534:\n",
+        name = user.as_str()
+    )
 }
 
 /// The environment of every process inside: a fixed PATH and HOME, the default pass-through
 /// names, the policy's `env_pass`, then its `env` (later wins).
 pub fn environment(policy: &Policy, host_env: &[(String, String)]) -> Vec<(String, String)> {
+    environment_of(policy, host_env, &UserName::default())
+}
+
+/// [`environment`] for login name `user` (HOME and USER follow it).
+pub fn environment_of(
+    policy: &Policy,
+    host_env: &[(String, String)],
+    user: &UserName,
+) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), SANDBOX_PATH.into()),
-        ("HOME".into(), SANDBOX_HOME.into()),
-        ("USER".into(), "sandbox".into()),
+        ("HOME".into(), user.home().display().to_string()),
+        ("USER".into(), user.as_str().into()),
     ];
     let mut set = |k: &str, v: &str| {
         env.retain(|(ek, _)| ek != k);
@@ -211,9 +282,24 @@ pub fn environment(policy: &Policy, host_env: &[(String, String)]) -> Vec<(Strin
     env
 }
 
-/// Builds the launch plan. The policy must already be validated.
+/// Builds the launch plan for the default login name. The policy must already be validated.
 pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras) -> SandboxPlan {
+    build_as(policy, argv, host, extras, &UserName::default())
+}
+
+/// Builds the launch plan with login name `user` inside: /etc/passwd and /etc/group name it,
+/// HOME (a private tmpfs at `/home/<user>`: `plan.home`, Landlock read-write) and USER follow
+/// it. The policy must already be validated.
+pub fn build_as(
+    policy: &Policy,
+    argv: &[String],
+    host: &HostFacts,
+    extras: Extras,
+    user: &UserName,
+) -> SandboxPlan {
     let p = &policy.process;
+    let rootfs = policy.filesystem.rootfs.clone();
+    let home = user.home();
     let root = host.euid == 0;
     let host_uid = HOST_UID_BASE + host.nonce % HOST_UID_SPAN;
     let (uid_map, gid_map, idmap_host_uid) = if root {
@@ -262,7 +348,13 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
 
     let mut ops = Vec::new();
     let mut read_exec = Vec::new();
-    for (dir, link) in &host.system_links {
+    // A root filesystem brings its own system directories and /etc: none of the host's.
+    let host_system: &[(PathBuf, Option<PathBuf>)] = if rootfs.is_some() {
+        &[]
+    } else {
+        &host.system_links
+    };
+    for (dir, link) in host_system {
         match link {
             Some(t) => ops.push(RootOp::Symlink {
                 path: dir.clone(),
@@ -285,7 +377,12 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
         path: "/etc".into(),
         mode: 0o755,
     });
-    for f in ETC_FILES
+    let (etc_files, etc_dirs): (&[&str], &[&str]) = if rootfs.is_some() {
+        (&[], &[])
+    } else {
+        (ETC_FILES, ETC_DIRS)
+    };
+    for f in etc_files
         .iter()
         .copied()
         .chain(policy.filesystem.etc_extra.iter().map(String::as_str))
@@ -295,21 +392,39 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
             path: Path::new("/etc").join(f),
         });
     }
-    for d in ETC_DIRS {
+    for d in etc_dirs {
         let path = format!("/etc/{d}");
         match (&extras.trust, *d) {
             (Some(t), "ssl/certs") => trust_ops(t, &mut ops),
             _ => ops.push(bind(&path, &path, false, true)),
         }
     }
+    if let (Some(t), Some(_)) = (&extras.trust, &rootfs) {
+        // The root filesystem's /etc/ssl/certs stays; its bundle file becomes the host's bundle
+        // plus the sandbox CA (what SSL_CERT_FILE and friends name), with the CA alone beside it.
+        ops.push(RootOp::Dir {
+            path: "/etc/ssl/certs".into(),
+            mode: 0o755,
+        });
+        ops.push(RootOp::File {
+            path: crate::secrets::BUNDLE.into(),
+            contents: t.bundle.clone(),
+            mode: 0o644,
+        });
+        ops.push(RootOp::File {
+            path: crate::secrets::CA_FILE.into(),
+            contents: t.ca_pem.clone(),
+            mode: 0o644,
+        });
+    }
     ops.push(RootOp::File {
         path: "/etc/passwd".into(),
-        contents: passwd(p.uid, p.gid),
+        contents: passwd(p.uid, p.gid, user),
         mode: 0o644,
     });
     ops.push(RootOp::File {
         path: "/etc/group".into(),
-        contents: group(p.gid),
+        contents: group(p.gid, user),
         mode: 0o644,
     });
     ops.push(RootOp::File {
@@ -342,19 +457,28 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
         path: "/var".into(),
         mode: 0o755,
     });
-    ops.push(RootOp::Symlink {
-        path: "/var/tmp".into(),
-        target: "/tmp".into(),
-    });
+    if rootfs.is_none() {
+        // A root filesystem keeps its own /var/tmp (read-only, like the rest of its tree).
+        ops.push(RootOp::Symlink {
+            path: "/var/tmp".into(),
+            target: "/tmp".into(),
+        });
+    }
     ops.push(RootOp::Dir {
         path: "/run".into(),
         mode: 0o755,
     });
-    read_exec.push("/etc".into());
+    if rootfs.is_some() {
+        // Read and execute on the whole view: the root filesystem's programs may live anywhere
+        // in it (/opt, /app, ...). Writes stay limited to the paths listed below.
+        read_exec.push("/".into());
+    } else {
+        read_exec.push("/etc".into());
+    }
 
     let mut read_write = vec![
         PathBuf::from("/tmp"),
-        PathBuf::from(SANDBOX_HOME),
+        home.clone(),
         PathBuf::from("/dev/shm"),
     ];
     for m in &policy.filesystem.mounts {
@@ -433,7 +557,8 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
         gid: p.gid,
         hostname: p.hostname.clone(),
         scratch_bytes: l.disk.0,
-        home: PathBuf::from(SANDBOX_HOME),
+        home,
+        rootfs,
         root_ops: ops,
         workspace: WorkspacePlan {
             host: ws.clone(),
@@ -450,7 +575,7 @@ pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras)
         cwd: ws.clone(),
         argv: argv.to_vec(),
         env: {
-            let mut env = environment(policy, &host.env);
+            let mut env = environment_of(policy, &host.env, user);
             for (k, v) in &extras.env {
                 env.retain(|(ek, _)| ek != k);
                 env.push((k.clone(), v.clone()));
@@ -603,5 +728,206 @@ mod tests {
                 .contains(&PathBuf::from(".git/hooks"))
         );
         assert_eq!(plan.cwd, PathBuf::from("/work/proj"));
+    }
+
+    fn file_op<'a>(plan: &'a SandboxPlan, path: &str) -> Option<&'a str> {
+        plan.root_ops.iter().find_map(|op| match op {
+            RootOp::File {
+                path: p, contents, ..
+            } if p == Path::new(path) => Some(contents.as_str()),
+            _ => None,
+        })
+    }
+
+    fn rootfs_policy() -> Policy {
+        let mut p = Policy::default();
+        p.filesystem.rootfs = Some("/srv/rootfs/debian".into());
+        p
+    }
+
+    #[test]
+    fn default_root_has_no_rootfs_and_binds_the_host_system_dirs() {
+        let plan = build(
+            &Policy::default(),
+            &["true".into()],
+            &facts(0),
+            Extras::default(),
+        );
+        assert_eq!(plan.rootfs, None);
+        assert!(plan.root_ops.iter().any(
+            |op| matches!(op, RootOp::Bind(b) if b.source == Path::new("/usr") && !b.writable)
+        ));
+        assert!(plan.root_ops.contains(&RootOp::Symlink {
+            path: "/var/tmp".into(),
+            target: "/tmp".into()
+        }));
+        assert!(plan.landlock.read_exec.contains(&PathBuf::from("/usr")));
+        assert!(!plan.landlock.read_exec.contains(&PathBuf::from("/")));
+    }
+
+    #[test]
+    fn rootfs_replaces_the_host_system_dirs_and_etc() {
+        let mut policy = rootfs_policy();
+        policy.filesystem.etc_extra.push("gitconfig".into());
+        policy.filesystem.mounts.push(stockade_policy::Mount {
+            host: "/opt/data".into(),
+            path: Some("/data".into()),
+            mode: MountMode::Ro,
+        });
+        let plan = build(&policy, &["true".into()], &facts(0), Extras::default());
+        assert_eq!(plan.rootfs, Some(PathBuf::from("/srv/rootfs/debian")));
+        // Nothing of the host's system: no /usr bind, no /bin link, no curated /etc copies or
+        // binds; only the explicit etc_extra entry and the policy's mount come from the host.
+        let from_host: Vec<&Path> = plan
+            .root_ops
+            .iter()
+            .filter_map(|op| match op {
+                RootOp::Bind(b) => Some(b.source.as_path()),
+                RootOp::CopyFile { source, .. } => Some(source.as_path()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            from_host,
+            [Path::new("/etc/gitconfig"), Path::new("/opt/data")]
+        );
+        assert!(
+            !plan
+                .root_ops
+                .iter()
+                .any(|op| matches!(op, RootOp::Symlink { .. })),
+            "a root filesystem keeps its own links (/bin, /var/tmp): {:?}",
+            plan.root_ops
+        );
+        // Stockade's own identity and network files replace the root filesystem's.
+        assert!(
+            file_op(&plan, "/etc/passwd")
+                .unwrap()
+                .contains("sandbox:x:1000:1000:")
+        );
+        assert!(
+            file_op(&plan, "/etc/group")
+                .unwrap()
+                .contains("sandbox:x:1000:")
+        );
+        assert_eq!(file_op(&plan, "/etc/hostname"), Some("stockade\n"));
+        assert!(
+            file_op(&plan, "/etc/hosts")
+                .unwrap()
+                .contains("127.0.0.1 localhost")
+        );
+        assert!(file_op(&plan, "/etc/resolv.conf").is_some());
+        // Landlock: read and execute on the whole view, writes only where they were before.
+        assert_eq!(
+            plan.landlock.read_exec,
+            [PathBuf::from("/"), PathBuf::from("/data")]
+        );
+        assert_eq!(
+            plan.landlock.read_write,
+            ["/tmp", SANDBOX_HOME, "/dev/shm", "/work/proj"]
+                .iter()
+                .map(PathBuf::from)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(plan.home, PathBuf::from(SANDBOX_HOME));
+    }
+
+    #[test]
+    fn rootfs_with_secrets_rewrites_only_the_bundle() {
+        let trust = crate::secrets::Trust {
+            entries: vec![("abc.pem".into(), crate::secrets::Entry::File)],
+            bundle: "HOST ROOTS\nSANDBOX CA\n".into(),
+            ca_pem: "SANDBOX CA\n".into(),
+        };
+        let extras = Extras {
+            trust: Some(trust),
+            ..Extras::default()
+        };
+        let plan = build(&rootfs_policy(), &["true".into()], &facts(0), extras);
+        assert_eq!(
+            file_op(&plan, crate::secrets::BUNDLE),
+            Some("HOST ROOTS\nSANDBOX CA\n")
+        );
+        assert_eq!(
+            file_op(&plan, crate::secrets::CA_FILE),
+            Some("SANDBOX CA\n")
+        );
+        // The host's /etc/ssl/certs entries are not copied into the root filesystem.
+        assert!(!plan.root_ops.iter().any(|op| matches!(
+            op,
+            RootOp::CopyFile { path, .. } if path.starts_with("/etc/ssl")
+        )));
+    }
+
+    #[test]
+    fn user_name_sets_passwd_group_home_env_and_landlock() {
+        let user = UserName::parse("user").unwrap();
+        let plan = build_as(&Policy::default(), &[], &facts(0), Extras::default(), &user);
+        assert_eq!(plan.home, PathBuf::from("/home/user"));
+        let passwd = file_op(&plan, "/etc/passwd").unwrap();
+        assert!(
+            passwd.contains("\nuser:x:1000:1000:user:/home/user:/bin/sh\n"),
+            "{passwd}"
+        );
+        assert!(!passwd.contains("sandbox"), "{passwd}");
+        let group = file_op(&plan, "/etc/group").unwrap();
+        assert!(group.contains("\nuser:x:1000:\n") && !group.contains("sandbox"));
+        assert!(plan.env.contains(&("HOME".into(), "/home/user".into())));
+        assert!(plan.env.contains(&("USER".into(), "user".into())));
+        assert!(
+            plan.landlock
+                .read_write
+                .contains(&PathBuf::from("/home/user"))
+        );
+        assert!(
+            !plan
+                .landlock
+                .read_write
+                .contains(&PathBuf::from(SANDBOX_HOME))
+        );
+        // The policy's own env still wins over the defaults.
+        let mut p = Policy::default();
+        p.process.env.insert("HOME".into(), "/elsewhere".into());
+        let plan = build_as(&p, &[], &facts(0), Extras::default(), &user);
+        assert_eq!(
+            plan.env
+                .iter()
+                .filter(|(k, _)| k == "HOME")
+                .collect::<Vec<_>>(),
+            [&("HOME".to_string(), "/elsewhere".to_string())]
+        );
+        // The default is what `build` uses.
+        let d = build(&Policy::default(), &[], &facts(0), Extras::default());
+        assert_eq!(d.home, UserName::default().home());
+        assert_eq!(UserName::default().as_str(), SANDBOX_USER);
+    }
+
+    #[test]
+    fn user_names_are_checked() {
+        let long = "a".repeat(32);
+        for good in ["user", "_x", "a-b_1", "u0", long.as_str()] {
+            assert_eq!(UserName::parse(good).unwrap().as_str(), good);
+        }
+        let too_long = "a".repeat(33);
+        for bad in [
+            "",
+            "User",
+            "1abc",
+            "-a",
+            "a b",
+            "a/b",
+            "../etc",
+            "a:b",
+            "a\nroot",
+            "é",
+            too_long.as_str(),
+        ] {
+            let e = UserName::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("is not valid"), "{bad:?}: {e}");
+        }
+        for reserved in ["root", "nobody", "nogroup"] {
+            let e = UserName::parse(reserved).unwrap_err().to_string();
+            assert!(e.contains("reserved"), "{reserved}: {e}");
+        }
     }
 }
