@@ -5,6 +5,7 @@ mod doctor;
 mod flags;
 mod gc;
 mod ls;
+mod serve;
 mod trace;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +49,14 @@ enum Cmd {
     Ls(ls::LsArgs),
     /// Remove old audit logs from the state directory (by age and total size).
     Gc(gc::GcArgs),
+    /// Serve sandboxes over HTTP: the native API and an E2B-compatible one (SIGTERM: graceful stop).
+    Serve(Box<serve::ServeArgs>),
+    /// Manage the API keys of `stockade serve` (in the state directory).
+    #[command(subcommand)]
+    Keys(serve::KeysCmd),
+    /// Manage the templates of `stockade serve` (name → policy and root filesystem).
+    #[command(subcommand)]
+    Template(serve::TemplateCmd),
     #[command(name = "__launch", hide = true)]
     Launch {
         #[arg(long = "allow-weaker-isolation")]
@@ -146,6 +155,9 @@ fn main() -> ExitCode {
         Cmd::Trace(a) => trace::run(&state_dir(cli.state_dir.as_deref()), a),
         Cmd::Ls(a) => ls::run(&state_dir(cli.state_dir.as_deref()), a),
         Cmd::Gc(a) => gc::run(&state_dir(cli.state_dir.as_deref()), a),
+        Cmd::Serve(a) => serve::serve(&state_dir(cli.state_dir.as_deref()), *a),
+        Cmd::Keys(c) => serve::keys(&state_dir(cli.state_dir.as_deref()), c),
+        Cmd::Template(c) => serve::template(&state_dir(cli.state_dir.as_deref()), c),
     }
 }
 
