@@ -8,7 +8,10 @@
 //! Tested by unit tests (protocol, change walk) and end to end through the `stockade` binary.
 
 pub mod changes;
+pub mod fsops;
 pub mod launcher;
 pub mod net;
 pub mod pid1;
 pub mod protocol;
+pub mod session;
+pub mod watch;

@@ -4,6 +4,9 @@
 //! PID 1 ignores signals from inside its namespace unless it installs handlers, and it installs
 //! none: SIGCHLD is blocked and read from a signalfd. It is non-dumpable, so the command (same
 //! uid) cannot open /proc/1/mem or /proc/1/fd.
+//!
+//! In session mode (`plan.session`) there is no command: after `Go` the agent serves requests
+//! (see [`crate::session`]) until `Stop`, then ends exactly as after a command.
 
 use crate::changes;
 use crate::protocol::{AgentMsg, SupervisorMsg, Termination, read_frame, write_frame};
@@ -140,18 +143,24 @@ pub fn run(
         Ok(Some(SupervisorMsg::Go)) => {}
         _ => exit(0),
     }
-    let pid = match spawn(plan) {
-        Ok(pid) => pid,
-        Err((code, message)) => {
-            let _ = write_frame(&mut ctrl, &AgentMsg::ExecFailed { code, message });
-            exit(code)
+    let termination = if plan.session {
+        // Requests until Stop (or the supervisor is gone); then the same end as a command's.
+        crate::session::serve(&sfd, &mut ctrl, bridge.as_mut());
+        Termination::Exited(0)
+    } else {
+        let pid = match spawn(plan) {
+            Ok(pid) => pid,
+            Err((code, message)) => {
+                let _ = write_frame(&mut ctrl, &AgentMsg::ExecFailed { code, message });
+                exit(code)
+            }
+        };
+        if write_frame(&mut ctrl, &AgentMsg::Started { pid }).is_err() {
+            kill_all_and_reap();
+            exit(125);
         }
+        wait_main(pid, &sfd, &mut ctrl, bridge.as_mut())
     };
-    if write_frame(&mut ctrl, &AgentMsg::Started { pid }).is_err() {
-        kill_all_and_reap();
-        exit(125);
-    }
-    let termination = wait_main(pid, &sfd, &mut ctrl, bridge.as_mut());
     kill_all_and_reap();
     let (changes, changes_error) = match layer_paths {
         Some((u, l)) => match changes::overlay_changes(&u, &l, CHANGE_LIMIT) {
@@ -206,7 +215,7 @@ fn block_sigchld() -> io::Result<OwnedFd> {
 }
 
 /// Finds `name` on PATH the way execvp would; (126|127, message) when it cannot be run.
-fn resolve(name: &str, path_var: &str) -> Result<PathBuf, (i32, String)> {
+pub(crate) fn resolve(name: &str, path_var: &str) -> Result<PathBuf, (i32, String)> {
     use std::os::unix::fs::PermissionsExt;
     let check = |p: &Path| -> Result<PathBuf, (i32, String)> {
         match std::fs::metadata(p) {
@@ -236,7 +245,7 @@ fn resolve(name: &str, path_var: &str) -> Result<PathBuf, (i32, String)> {
     Err(first_denied.unwrap_or((127, format!("{name}: command not found inside the sandbox"))))
 }
 
-fn cstring(s: &[u8]) -> Result<CString, (i32, String)> {
+pub(crate) fn cstring(s: &[u8]) -> Result<CString, (i32, String)> {
     CString::new(s).map_err(|_| {
         (
             126,
@@ -288,26 +297,7 @@ fn spawn(plan: &SandboxPlan) -> Result<i32, (i32, String)> {
         // SAFETY: child side; see above. Every call is async-signal-safe and touches only data
         // owned by this frame. On any failure the child reports errno and exits.
         unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            // Dispositions set by this Rust process (SIGPIPE ignored) must not reach the command.
-            for sig in 1..32 {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-            libc::setsid();
-            // PID 1's non-dumpable flag was inherited: while it is set, /proc/self belongs to
-            // root and the write below would fail. exec resets it anyway.
-            libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
-            let adj = b"500";
-            let f = libc::open(
-                c"/proc/self/oom_score_adj".as_ptr(),
-                libc::O_WRONLY | libc::O_CLOEXEC,
-            );
-            if f >= 0 {
-                libc::write(f, adj.as_ptr().cast(), adj.len());
-                libc::close(f);
-            }
+            child_prelude();
             libc::execve(exe_c.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr());
             let e: i32 = *libc::__errno_location();
             libc::write(fds[1], (&e as *const i32).cast(), 4);
@@ -330,6 +320,38 @@ fn spawn(plan: &SandboxPlan) -> Result<i32, (i32, String)> {
             ))
         }
         _ => Ok(pid),
+    }
+}
+
+/// The child's set-up between fork and exec, shared by the command and session requests:
+/// signals back to default and unblocked, a new session, dumpable, oom_score_adj 500.
+///
+/// # Safety
+/// Only in a child just forked from PID 1 (single-threaded), before exec: it makes only
+/// async-signal-safe calls on its own stack.
+pub(crate) unsafe fn child_prelude() {
+    // SAFETY: per the contract above; every pointer is to this frame or a static C string.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        // Dispositions set by this Rust process (SIGPIPE ignored) must not reach the command.
+        for sig in 1..32 {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+        libc::setsid();
+        // PID 1's non-dumpable flag was inherited: while it is set, /proc/self belongs to
+        // root and the write below would fail. exec resets it anyway.
+        libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+        let adj = b"500";
+        let f = libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        if f >= 0 {
+            libc::write(f, adj.as_ptr().cast(), adj.len());
+            libc::close(f);
+        }
     }
 }
 
@@ -379,7 +401,9 @@ fn wait_main(
                 Ok(Some(SupervisorMsg::Go)) => {} // already running; a repeated Go changes nothing
                 // Session requests mean nothing to a one-shot run.
                 Ok(Some(
-                    SupervisorMsg::Exec(_) | SupervisorMsg::Signal { .. } | SupervisorMsg::Fs { .. },
+                    SupervisorMsg::Exec(_)
+                    | SupervisorMsg::Signal { .. }
+                    | SupervisorMsg::Fs { .. },
                 )) => {}
                 Ok(Some(SupervisorMsg::DnsReply {
                     token,
@@ -404,7 +428,7 @@ fn wait_main(
     }
 }
 
-fn decode(status: i32) -> Termination {
+pub(crate) fn decode(status: i32) -> Termination {
     if libc::WIFSIGNALED(status) {
         Termination::Signaled(libc::WTERMSIG(status))
     } else {

@@ -162,22 +162,42 @@ pub struct ExecRequest {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum FsOp {
     /// lstat; follows nothing.
-    Stat { path: String },
+    Stat {
+        path: String,
+    },
     /// Entries under a directory, `depth` levels down (1: the directory's own entries). At most
     /// [`MAX_LIST_ENTRIES`] entries; `truncated` says when there were more.
-    List { path: String, depth: u32 },
+    List {
+        path: String,
+        depth: u32,
+    },
     /// Creates the directory and its missing parents; `created` false when it already existed.
-    Mkdir { path: String },
+    Mkdir {
+        path: String,
+    },
     /// rename(2), creating the destination's missing parents.
-    Move { from: String, to: String },
+    Move {
+        from: String,
+        to: String,
+    },
     /// Removes a file, a symlink, or a directory with everything under it.
-    Remove { path: String },
+    Remove {
+        path: String,
+    },
     /// Opens a regular file for the supervisor to read or write through the attached descriptor;
     /// writing creates it (mode 0644, missing parents 0755) and truncates it.
-    Open { path: String, write: bool },
+    Open {
+        path: String,
+        write: bool,
+    },
     /// Watches a directory (and, when `recursive`, its subdirectories, also those created later).
-    Watch { path: String, recursive: bool },
-    Unwatch { watch: u64 },
+    Watch {
+        path: String,
+        recursive: bool,
+    },
+    Unwatch {
+        watch: u64,
+    },
 }
 
 /// Most entries one `List` returns (keeps a reply well under [`MAX_FRAME`]).
@@ -216,17 +236,34 @@ pub struct Entry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum FsReply {
-    Entry { entry: Entry },
-    List { entries: Vec<Entry>, truncated: bool },
-    Mkdir { created: bool, entry: Entry },
-    Moved { entry: Entry },
+    Entry {
+        entry: Entry,
+    },
+    List {
+        entries: Vec<Entry>,
+        truncated: bool,
+    },
+    Mkdir {
+        created: bool,
+        entry: Entry,
+    },
+    Moved {
+        entry: Entry,
+    },
     Removed,
     /// The descriptor is attached to the frame; `entry` describes the file as opened.
-    Opened { entry: Entry },
-    Watching { watch: u64 },
+    Opened {
+        entry: Entry,
+    },
+    Watching {
+        watch: u64,
+    },
     Unwatched,
     /// The operation failed: `errno` is the error number inside (ENOENT, EACCES, ENOTDIR, ...).
-    Failed { errno: i32, message: String },
+    Failed {
+        errno: i32,
+        message: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,7 +281,10 @@ pub enum WatchOp {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum WatchEvent {
-    Change { op: WatchOp, path: String },
+    Change {
+        op: WatchOp,
+        path: String,
+    },
     Overflow,
     /// The watched directory itself went away; no more events come for this watch.
     Gone,
@@ -262,6 +302,28 @@ pub fn write_frame_with_fd<T: Serialize>(
     buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
     buf.extend_from_slice(&body);
     stockade_jail::sys::send_with_fd(sock.as_raw_fd(), &buf, fd)
+}
+
+/// Writes one frame with every descriptor of `fds` attached, in order, to its first byte (one
+/// SCM_RIGHTS message; at most [`stockade_jail::sys::MAX_SEND_FDS`]). The caller keeps its
+/// copies and closes them after. With no descriptors it is a plain frame.
+pub fn write_frame_with_fds<T: Serialize>(
+    sock: &std::os::unix::net::UnixStream,
+    msg: &T,
+    fds: &[std::os::fd::RawFd],
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
+    if body.len() > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "frame too large",
+        ));
+    }
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&body);
+    stockade_jail::sys::send_with_fds(sock.as_raw_fd(), &buf, fds)
 }
 
 /// Reads frames and the descriptors passed with them, in order.
@@ -411,6 +473,122 @@ mod tests {
                 .kind(),
             io::ErrorKind::InvalidData
         );
+    }
+
+    #[test]
+    fn session_frames_round_trip() {
+        let sup = vec![
+            SupervisorMsg::Exec(ExecRequest {
+                id: 7,
+                argv: vec!["sh".into(), "-c".into(), "echo hi".into()],
+                env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+                cwd: "/home/sandbox".into(),
+                stdin: true,
+                pty: Some(PtySize { rows: 24, cols: 80 }),
+            }),
+            SupervisorMsg::Signal { id: 7, signal: 15 },
+            SupervisorMsg::Fs {
+                id: 8,
+                op: FsOp::List {
+                    path: "/tmp".into(),
+                    depth: 2,
+                },
+            },
+            SupervisorMsg::Fs {
+                id: 9,
+                op: FsOp::Unwatch { watch: 3 },
+            },
+        ];
+        for m in sup {
+            let mut buf = Vec::new();
+            write_frame(&mut buf, &m).unwrap();
+            let back: SupervisorMsg = read_frame(&mut buf.as_slice()).unwrap().unwrap();
+            assert_eq!(back, m);
+        }
+        let entry = Entry {
+            name: "a".into(),
+            path: "/tmp/a".into(),
+            kind: EntryKind::Symlink,
+            size: 3,
+            mode: 0o777,
+            uid: 1000,
+            gid: 1000,
+            mtime: 1,
+            mtime_nsec: 2,
+            symlink_target: Some("b".into()),
+        };
+        let agent = vec![
+            AgentMsg::ExecStarted {
+                id: 7,
+                pid: 12,
+                fds: 3,
+            },
+            AgentMsg::ExecRefused {
+                id: 7,
+                code: 127,
+                message: "nope: command not found inside the sandbox".into(),
+            },
+            AgentMsg::ExecExited {
+                id: 7,
+                termination: Termination::Signaled(9),
+            },
+            AgentMsg::FsDone {
+                id: 8,
+                reply: FsReply::List {
+                    entries: vec![entry.clone()],
+                    truncated: true,
+                },
+            },
+            AgentMsg::FsDone {
+                id: 9,
+                reply: FsReply::Failed {
+                    errno: 2,
+                    message: "/x: No such file or directory".into(),
+                },
+            },
+            AgentMsg::FsEvent {
+                watch: 1,
+                event: WatchEvent::Change {
+                    op: WatchOp::Rename,
+                    path: "/tmp/a".into(),
+                },
+            },
+            AgentMsg::FsEvent {
+                watch: 1,
+                event: WatchEvent::Gone,
+            },
+        ];
+        for m in agent {
+            let mut buf = Vec::new();
+            write_frame(&mut buf, &m).unwrap();
+            let back: AgentMsg = read_frame(&mut buf.as_slice()).unwrap().unwrap();
+            assert_eq!(back, m);
+        }
+    }
+
+    #[test]
+    fn frame_with_several_fds_arrives_with_them_in_order() {
+        use std::os::fd::AsRawFd;
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let msg = AgentMsg::ExecStarted {
+            id: 1,
+            pid: 5,
+            fds: 2,
+        };
+        write_frame_with_fds(&a, &msg, &[w.as_raw_fd(), r.as_raw_fd()]).unwrap();
+        write_frame_with_fds(&a, &AgentMsg::Proxy, &[]).unwrap();
+        let mut reader = FdFrameReader::new(b);
+        let got: AgentMsg = reader.next_frame().unwrap().unwrap();
+        assert_eq!(got, msg);
+        let (w2, r2) = (reader.take_fd().unwrap(), reader.take_fd().unwrap());
+        rustix::io::write(&w2, b"z").unwrap();
+        let mut one = [0u8; 1];
+        assert_eq!(rustix::io::read(&r2, &mut one).unwrap(), 1);
+        assert_eq!(&one, b"z");
+        let got: AgentMsg = reader.next_frame().unwrap().unwrap();
+        assert_eq!(got, AgentMsg::Proxy);
+        assert!(reader.take_fd().is_none());
     }
 
     #[test]

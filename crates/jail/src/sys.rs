@@ -427,8 +427,31 @@ pub fn mount_setattr_idmap(fd: &OwnedFd, userns: &OwnedFd) -> io::Result<()> {
 
 /// Sends `bytes` on a unix stream socket with `fd` attached (SCM_RIGHTS) to the first byte.
 pub fn send_with_fd(sock: RawFd, bytes: &[u8], fd: RawFd) -> io::Result<()> {
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    send_with_fds(sock, bytes, &[fd])
+}
+
+/// Most descriptors [`send_with_fds`] attaches to one message (the receiver,
+/// [`recv_with_fds`], accepts as many).
+pub const MAX_SEND_FDS: usize = 8;
+
+/// Sends `bytes` on a unix stream socket with every descriptor of `fds` attached, in order, to
+/// the first byte (one SCM_RIGHTS message). With no descriptors it is a plain send. The caller
+/// keeps its copies (close them after). `bytes` must not be empty when `fds` is not (the
+/// descriptors ride on a byte); more than [`MAX_SEND_FDS`] descriptors are refused.
+pub fn send_with_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    if fds.len() > MAX_SEND_FDS || (bytes.is_empty() && !fds.is_empty()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "descriptors need at least one byte to travel with, and at most 8 fit",
+        ));
+    }
+    let payload = std::mem::size_of_val(fds) as u32;
+    let space = if fds.is_empty() {
+        0
+    } else {
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        unsafe { libc::CMSG_SPACE(payload) as usize }
+    };
     let mut cbuf = vec![0u8; space];
     let mut iov = libc::iovec {
         iov_base: bytes.as_ptr() as *mut libc::c_void,
@@ -438,22 +461,26 @@ pub fn send_with_fd(sock: RawFd, bytes: &[u8], fd: RawFd) -> io::Result<()> {
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    // SAFETY: `msg` points at `cbuf`, which has room for exactly one cmsg holding one fd (the size
-    // came from CMSG_SPACE); CMSG_FIRSTHDR/CMSG_DATA stay inside it.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-        std::ptr::copy_nonoverlapping(
-            (&fd as *const RawFd).cast::<u8>(),
-            libc::CMSG_DATA(c),
-            std::mem::size_of::<RawFd>(),
-        );
+    if !fds.is_empty() {
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: `msg` points at `cbuf`, which has room for exactly one cmsg holding
+        // `fds.len()` descriptors (the size came from CMSG_SPACE of their byte length);
+        // CMSG_FIRSTHDR/CMSG_DATA stay inside it, and the copy reads exactly `payload` bytes
+        // from the live slice `fds`.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(payload) as usize;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(c),
+                payload as usize,
+            );
+        }
     }
-    // The descriptor travels with the first byte; whatever the first call did not send follows
+    // The descriptors travel with the first byte; whatever the first call did not send follows
     // as plain bytes.
     let mut sent = loop {
         // SAFETY: `msg` and everything it points to live on this frame for the call.
@@ -486,7 +513,7 @@ pub fn send_with_fd(sock: RawFd, bytes: &[u8], fd: RawFd) -> io::Result<()> {
 /// Receives bytes from a unix stream socket, returning also any descriptors passed with them
 /// (CLOEXEC). At most 8 descriptors per call are accepted; extra ones are closed by the kernel.
 pub fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-    const MAX_FDS: usize = 8;
+    const MAX_FDS: usize = MAX_SEND_FDS;
     // SAFETY: CMSG_SPACE is a pure size computation.
     let space =
         unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) } as usize;
@@ -538,4 +565,58 @@ pub fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<Owne
         }
     }
     Ok((n, fds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    fn is_fifo(fd: &OwnedFd) -> bool {
+        // SAFETY: `st` is a valid out-pointer; `fd` is a live descriptor.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
+        st.st_mode & libc::S_IFMT == libc::S_IFIFO
+    }
+
+    #[test]
+    fn several_descriptors_travel_in_one_message_in_order() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (r1, w1) = rustix::pipe::pipe().unwrap();
+        let (r2, w2) = rustix::pipe::pipe().unwrap();
+        let dev_null = std::fs::File::open("/dev/null").unwrap();
+        let sent = [w1.as_raw_fd(), dev_null.as_raw_fd(), r2.as_raw_fd()];
+        send_with_fds(a.as_raw_fd(), b"hello", &sent).unwrap();
+        let mut buf = [0u8; 16];
+        let (n, fds) = recv_with_fds(b.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hello");
+        assert_eq!(fds.len(), 3);
+        // Same order: a pipe, a character device, a pipe; the first is w1's twin.
+        assert!(is_fifo(&fds[0]) && !is_fifo(&fds[1]) && is_fifo(&fds[2]));
+        rustix::io::write(&fds[0], b"x").unwrap();
+        let mut one = [0u8; 1];
+        assert_eq!(rustix::io::read(&r1, &mut one).unwrap(), 1);
+        rustix::io::write(&w2, b"y").unwrap();
+        assert_eq!(rustix::io::read(&fds[2], &mut one).unwrap(), 1);
+        assert_eq!(&one, b"y");
+        // No descriptors: a plain send. The single-fd wrapper still works.
+        send_with_fds(a.as_raw_fd(), b"p", &[]).unwrap();
+        send_with_fd(a.as_raw_fd(), b"q", dev_null.as_raw_fd()).unwrap();
+        let (n, fds) = recv_with_fds(b.as_raw_fd(), &mut buf).unwrap();
+        // Both may arrive in one read (the fd-less byte first); the descriptor comes along.
+        assert!(n >= 1 && buf[0] == b'p');
+        let fds = if n == 2 {
+            fds
+        } else {
+            recv_with_fds(b.as_raw_fd(), &mut buf).unwrap().1
+        };
+        assert_eq!(fds.len(), 1);
+        // Refused: descriptors with no byte, and more than fit.
+        let e = send_with_fds(a.as_raw_fd(), b"", &sent).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let nine = [dev_null.as_raw_fd(); 9];
+        let e = send_with_fds(a.as_raw_fd(), b"z", &nine).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
 }
