@@ -14,6 +14,7 @@ pub mod confine;
 pub mod fanotify;
 pub mod launch;
 pub mod plan;
+pub mod rootdir;
 pub mod rootfs;
 pub mod seccomp;
 pub mod sys;
