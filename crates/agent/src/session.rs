@@ -61,11 +61,10 @@ struct Running {
 }
 
 /// Serves requests until `Stop`, the end of the control stream, or a broken frame.
-pub(crate) fn serve(
-    sfd: &OwnedFd,
-    ctrl: &mut UnixStream,
-    mut bridge: Option<&mut crate::net::Bridge>,
-) {
+///
+/// `sfd` is a signalfd for SIGCHLD (blocked), `ctrl` the control socket. Called by PID 1 after
+/// `Go`; public for the loop's own tests, which run it in a forked child outside any sandbox.
+pub fn serve(sfd: &OwnedFd, ctrl: &mut UnixStream, mut bridge: Option<&mut crate::net::Bridge>) {
     let mut running = Running::default();
     let mut watcher = Watcher::default();
     loop {
@@ -287,6 +286,14 @@ fn spawn(req: &ExecRequest) -> Result<(i32, Vec<OwnedFd>), Refusal> {
     } else {
         argv0.clone()
     };
+    // NUL bytes are bad input (125), not a file that cannot be executed.
+    let cstring = |b: &[u8]| cstring(b).map_err(|(_, m)| (125, m));
+    if argv0.contains('\0') {
+        return Err((
+            125,
+            "argument or environment contains a NUL byte".to_string(),
+        ));
+    }
     let exe = resolve(&name, &path_var)?;
     let exe_c = cstring(exe.as_os_str().as_bytes())?;
     let cwd_c = CString::new(req.cwd.as_bytes())
