@@ -297,16 +297,6 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Events buffered per watch before they are dropped (and an `Overflow` is sent).
 const WATCH_QUEUE: usize = 1024;
 
-fn valid_user(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 32
-        && (b[0].is_ascii_lowercase() || b[0] == b'_')
-        && b[1..]
-            .iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
-}
-
 fn seccomp_program() -> Result<Vec<u8>, RunError> {
     static PROGRAM: OnceLock<Result<Vec<u8>, String>> = OnceLock::new();
     PROGRAM
@@ -333,12 +323,10 @@ impl Session {
         let started = Instant::now();
         let allow_weaker = policy.security.allow_weaker_isolation;
         let mut weakenings = Vec::new();
-        let user = opts.user.clone().unwrap_or_else(|| "sandbox".into());
-        if !valid_user(&user) {
-            return Err(RunError::Usage(format!(
-                "user {user:?}: a login name is 1-32 characters of a-z, 0-9, '_' and '-', starting with a letter or '_'"
-            )));
-        }
+        let user_name = match &opts.user {
+            Some(u) => plan::UserName::parse(u)?,
+            None => plan::UserName::default(),
+        };
         // SAFETY: geteuid takes no arguments and cannot fail.
         if unsafe { libc::geteuid() } == 0 && (policy.process.uid == 0 || policy.process.gid == 0) {
             return Err(RunError::Usage(
@@ -482,7 +470,13 @@ impl Session {
         let git = (policy.workspace.protect_git && policy.workspace.mode == WorkspaceMode::Rw)
             .then(|| crate::git::prepare(&workspace))
             .flatten();
-        let mut plan = plan::build(policy, &[], &host_facts(workspace.clone()), extras);
+        let mut plan = plan::build_as(
+            policy,
+            &[],
+            &host_facts(workspace.clone()),
+            extras,
+            &user_name,
+        );
         plan.session = true;
         let home = plan.home.display().to_string();
         let body = match serde_json::to_vec(&plan) {
@@ -625,7 +619,7 @@ impl Session {
         };
         let inner = Arc::new(Inner {
             id: id.clone(),
-            user,
+            user: user_name.as_str().to_string(),
             home,
             started_at: SystemTime::now(),
             started,
