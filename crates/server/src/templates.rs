@@ -326,6 +326,26 @@ mod tests {
             add(&s, "r", "", "f", Some(Path::new("/nonexistent-rootfs"))),
             Err(TemplateError::Rootfs { .. })
         ));
+        // A root filesystem directory becomes the policy's filesystem.rootfs.
+        let root = tempfile::tempdir().unwrap();
+        add(
+            &s,
+            "deb",
+            "[limits]\npids = 64\n",
+            "deb.toml",
+            Some(root.path()),
+        )
+        .unwrap();
+        let p = policy_of(&s, "deb").unwrap();
+        assert_eq!(
+            p.filesystem.rootfs.as_deref(),
+            Some(std::fs::canonicalize(root.path()).unwrap().as_path())
+        );
+        assert_eq!(p.limits.pids, 64);
+        assert!(matches!(
+            add(&s, "slash", "", "f", Some(Path::new("/"))),
+            Err(TemplateError::Rootfs { .. })
+        ));
         remove(&s, "py").unwrap();
         assert!(matches!(
             remove(&s, "py"),
