@@ -639,7 +639,14 @@ pub fn open(path: &str, write: bool) -> Result<(OwnedFd, Entry), FsError> {
     // Something that is there and not a regular file is refused before the open (which would
     // truncate it, or fail with ENXIO for a socket or a FIFO nobody reads); the fstat below
     // closes the race.
-    if let Ok(st) = rustix::fs::statat(&parent, &name, AtFlags::empty())
+    let there = rustix::fs::openat2(
+        &parent,
+        &name,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        RESOLVE,
+    );
+    if let Ok(st) = there.and_then(rustix::fs::fstat)
         && kind_of(st.st_mode) != EntryKind::File
     {
         created.undo();

@@ -417,6 +417,12 @@ fn the_agents_own_proc_entries_are_not_reachable() {
         libc::ELOOP
     );
     assert_eq!(errno_of(list(&p(&b, "planted"), 1, 10)).0, libc::ELOOP);
+    // A final component that is a magic link: refused as such, its target never looked at.
+    symlink(&magic, p(&b, "fdlink")).unwrap();
+    assert_eq!(errno_of(open(&p(&b, "fdlink"), false)).0, libc::ELOOP);
+    assert_eq!(errno_of(open(&p(&b, "fdlink"), true)).0, libc::ELOOP);
+    // Stat describes the link itself (lstat), which is harmless.
+    assert_eq!(stat(&p(&b, "fdlink")).unwrap().kind, EntryKind::Symlink);
     assert_eq!(errno_of(open(&p(&b, "cwd/x"), true)).0, libc::ELOOP);
     assert_eq!(errno_of(mkdir(&p(&b, "planted/new"))).0, libc::ELOOP);
     // Control: the same file through its real path is served.
