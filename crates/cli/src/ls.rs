@@ -23,6 +23,10 @@ pub struct LsArgs {
     /// Show at most N sandboxes, newest first (0: all).
     #[arg(long, value_name = "N", default_value_t = 20)]
     limit: usize,
+    /// The caller's sandboxes on this server (`stockade serve`; API key from STOCKADE_API_KEY)
+    /// instead of the state directory's.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
 }
 
 /// A sandbox with no `sandbox.destroyed` whose log was written less than this long ago is
@@ -33,6 +37,9 @@ pub(crate) const RUNNING_WINDOW: Duration = Duration::from_secs(600);
 const COMMAND_WIDTH: usize = 60;
 
 pub fn run(state: &StateDir, args: LsArgs) -> ExitCode {
+    if let Some(server) = &args.server {
+        return crate::remote::ls(server, args.json);
+    }
     let mut entries = match entries(state) {
         Ok(e) => e,
         Err(e) => return crate::fail(e),

@@ -5,6 +5,7 @@ mod doctor;
 mod flags;
 mod gc;
 mod ls;
+mod remote;
 mod serve;
 mod trace;
 
@@ -57,6 +58,9 @@ enum Cmd {
     /// Manage the templates of `stockade serve` (name → policy and root filesystem).
     #[command(subcommand)]
     Template(serve::TemplateCmd),
+    /// Clients of a server: create, exec, cp, kill (--server URL; key from STOCKADE_API_KEY).
+    #[command(flatten)]
+    Remote(remote::RemoteCmd),
     #[command(name = "__launch", hide = true)]
     Launch {
         #[arg(long = "allow-weaker-isolation")]
@@ -158,6 +162,7 @@ fn main() -> ExitCode {
         Cmd::Serve(a) => serve::serve(&state_dir(cli.state_dir.as_deref()), *a),
         Cmd::Keys(c) => serve::keys(&state_dir(cli.state_dir.as_deref()), c),
         Cmd::Template(c) => serve::template(&state_dir(cli.state_dir.as_deref()), c),
+        Cmd::Remote(c) => remote::run(c),
     }
 }
 

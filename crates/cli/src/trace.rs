@@ -36,12 +36,19 @@ pub struct TraceArgs {
     /// Keep printing new events until the sandbox is destroyed (Ctrl-C stops).
     #[arg(long, short)]
     follow: bool,
+    /// Read the events from this server (`stockade serve`; API key from STOCKADE_API_KEY)
+    /// instead of the state directory: a sandbox it runs, by its full id.
+    #[arg(long, value_name = "URL", conflicts_with = "last")]
+    server: Option<String>,
 }
 
 /// How often `--follow` looks at the log.
 const POLL: Duration = Duration::from_millis(100);
 
 pub fn run(state: &StateDir, args: TraceArgs) -> ExitCode {
+    if let Some(server) = &args.server {
+        return remote(server, &args);
+    }
     let id = match pick(state, args.id.as_deref()) {
         Ok(id) => id,
         Err(e) => return crate::fail(e),
@@ -73,6 +80,29 @@ pub fn run(state: &StateDir, args: TraceArgs) -> ExitCode {
         render_tree(&id, &log.events, style)
     };
     write_stdout(&out)
+}
+
+/// `--server`: the same rendering of events fetched from a server (see `crate::remote::trace`).
+fn remote(server: &str, args: &TraceArgs) -> ExitCode {
+    let style = Style {
+        on: colour_wanted(
+            io::stdout().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ),
+    };
+    let id = args.id.clone().unwrap_or_default();
+    let mut r = Renderer::new(&id, style);
+    crate::remote::trace(
+        server,
+        args.id.as_deref(),
+        args.json,
+        args.follow,
+        &|id, events| render_tree(id, events, style),
+        &mut |e| {
+            r.event(e, Hint::streaming(e));
+            std::mem::take(&mut r.out)
+        },
+    )
 }
 
 /// The sandbox `query` names (a whole id or a unique prefix), or the newest one for `None`.
