@@ -780,7 +780,26 @@ fn templates_add_ls_rm_and_create_from_one() {
         .collect();
     assert_eq!(names, ["base", "small"]);
 
-    let srv = Server::start(dir.path(), &[]);
+    // A pool of a template that does not exist stops the server at start.
+    let port = free_port().to_string();
+    let out = stockade(
+        dir.path(),
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--pool",
+            "nope=1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--pool nope=1") && err.contains("no template"),
+        "{err}"
+    );
+
+    let srv = Server::start(dir.path(), &["--pool", "small=1"]);
     let c = srv.create(&key, json!({"template": "small"}));
     assert_eq!(c["template"], "small");
     let id = id_of(&c);

@@ -153,6 +153,16 @@ pub async fn prepare(cfg: &Config) -> Result<(StateLock, Arc<Service>), ServeErr
     }
     let lock = lock_state(&cfg.state_dir)?;
     let store = Arc::new(open_store(&cfg.state_dir)?);
+    for p in &cfg.pools {
+        if let Err(e) = templates::policy_of(&store, &p.template) {
+            return Err(ServeError::Config(format!(
+                "--pool {}={}: {}",
+                p.template,
+                p.count,
+                e.message()
+            )));
+        }
+    }
     let svc = Service::new(cfg.clone(), store);
     let found = svc.recover_lost().await?;
     if !found.is_empty() {
