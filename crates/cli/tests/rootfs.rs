@@ -318,6 +318,55 @@ fn writes_never_reach_the_root_filesystem_on_the_host() {
 }
 
 #[test]
+fn with_secrets_the_root_filesystems_own_ca_bundle_gets_the_sandbox_ca() {
+    let t = template();
+    std::fs::create_dir_all(t.root.join("etc/ssl/certs")).unwrap();
+    let bundle = t.root.join("etc/ssl/certs/ca-certificates.crt");
+    std::fs::write(&bundle, "TEMPLATE ROOTS\n").unwrap();
+    let script = "cat /etc/ssl/certs/ca-certificates.crt; echo @@sep@@; \
+                  cat /etc/ssl/certs/stockade-sandbox-ca.pem";
+    let root = t.root.to_str().unwrap();
+    let secret = [
+        "--rootfs",
+        root,
+        "--net",
+        "allowlist",
+        "--allow-net",
+        "api.example.test",
+        "--secret",
+        "ROOTFS_TEST_KEY=env:STOCKADE_ROOTFS_TEST_KEY",
+        "--secret-host",
+        "ROOTFS_TEST_KEY=api.example.test",
+    ];
+    let out = Command::new(bin())
+        .arg("--state-dir")
+        .arg(&t.state)
+        .arg("run")
+        .arg("--workspace")
+        .arg(&t.ws)
+        .args(secret)
+        .args(["--", "/bin/sh", "-c", script])
+        .env("STOCKADE_ROOTFS_TEST_KEY", "not-a-real-key")
+        .output()
+        .unwrap();
+    let stdout = ok(&out);
+    let (inside, ca) = stdout.split_once("@@sep@@\n").unwrap();
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----\n"), "{stdout}");
+    assert_eq!(
+        inside,
+        format!("TEMPLATE ROOTS\n# Stockade: this sandbox's secret gateway CA\n{ca}"),
+        "the template's own roots, then the sandbox CA"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&bundle).unwrap(),
+        "TEMPLATE ROOTS\n"
+    );
+    // Control: without secrets the bundle is the template's, untouched.
+    let out = with_rootfs(&t, "cat /etc/ssl/certs/ca-certificates.crt");
+    assert_eq!(ok(&out), "TEMPLATE ROOTS\n");
+}
+
+#[test]
 fn a_command_missing_from_the_root_filesystem_is_127() {
     let t = template();
     let bin = bin();

@@ -47,6 +47,14 @@ pub enum RootOp {
         contents: String,
         mode: u32,
     },
+    /// The root filesystem's own file at `path` (a regular file; none when missing or a
+    /// symlink) followed by `contents`: e.g. its CA bundle plus the sandbox CA. Only with a
+    /// directory root filesystem.
+    Append {
+        path: PathBuf,
+        contents: String,
+        mode: u32,
+    },
     /// A copy of a small host file, read during setup (missing sources are skipped).
     CopyFile {
         source: PathBuf,

@@ -286,6 +286,20 @@ pub fn build(plan: &SandboxPlan, mut pre: PreOpened) -> Result<BuiltRoot, SetupE
                 tree.guard(&p, Want::File)?;
                 write_file(&p, contents.as_bytes(), mode)?
             }
+            Staged::Op(RootOp::Append {
+                path,
+                contents,
+                mode,
+            }) => {
+                let p = inside(root, &path);
+                tree.guard(&p, Want::File)?;
+                let mut data = read_small(&p)?;
+                if !data.is_empty() && !data.ends_with(b"\n") {
+                    data.push(b'\n');
+                }
+                data.extend_from_slice(contents.as_bytes());
+                write_file(&p, &data, mode)?
+            }
             Staged::Copy(path, data) => {
                 let p = inside(root, &path);
                 tree.guard(&p, Want::File)?;
@@ -447,6 +461,31 @@ fn mount_root_overlay(
         root,
     )?;
     sys::umount2(&at, libc::MNT_DETACH).map_err(err("detaching", &at))
+}
+
+/// Most bytes of a root filesystem's file that setup reads back (its CA bundle: ~220 KiB).
+const READ_LIMIT: u64 = 16 << 20;
+
+/// A regular file's contents (empty when missing), refusing more than [`READ_LIMIT`] bytes.
+/// Callers have made sure no symlink leads there (see `Tree::guard`).
+fn read_small(p: &Path) -> Result<Vec<u8>, SetupError> {
+    use std::io::Read;
+    let f = match fs::File::open(p) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(err("reading", p)(e)),
+    };
+    let mut data = Vec::new();
+    f.take(READ_LIMIT + 1)
+        .read_to_end(&mut data)
+        .map_err(err("reading", p))?;
+    if data.len() as u64 > READ_LIMIT {
+        return Err(err("reading", p)(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "larger than 16 MiB",
+        )));
+    }
+    Ok(data)
 }
 
 fn chown(p: &Path, uid: u32, gid: u32) -> Result<(), SetupError> {

@@ -400,15 +400,15 @@ pub fn build_as(
         }
     }
     if let (Some(t), Some(_)) = (&extras.trust, &rootfs) {
-        // The root filesystem's /etc/ssl/certs stays; its bundle file becomes the host's bundle
-        // plus the sandbox CA (what SSL_CERT_FILE and friends name), with the CA alone beside it.
+        // The root filesystem's /etc/ssl/certs stays; its own bundle file gets the sandbox CA
+        // appended (what SSL_CERT_FILE and friends name), with the CA alone beside it.
         ops.push(RootOp::Dir {
             path: "/etc/ssl/certs".into(),
             mode: 0o755,
         });
-        ops.push(RootOp::File {
+        ops.push(RootOp::Append {
             path: crate::secrets::BUNDLE.into(),
-            contents: t.bundle.clone(),
+            contents: format!("{}{}", crate::secrets::CA_MARKER, t.ca_pem),
             mode: 0o644,
         });
         ops.push(RootOp::File {
@@ -844,9 +844,15 @@ mod tests {
             ..Extras::default()
         };
         let plan = build(&rootfs_policy(), &["true".into()], &facts(0), extras);
+        assert!(plan.root_ops.contains(&RootOp::Append {
+            path: crate::secrets::BUNDLE.into(),
+            contents: format!("{}SANDBOX CA\n", crate::secrets::CA_MARKER),
+            mode: 0o644,
+        }));
         assert_eq!(
             file_op(&plan, crate::secrets::BUNDLE),
-            Some("HOST ROOTS\nSANDBOX CA\n")
+            None,
+            "the host's bundle is not used"
         );
         assert_eq!(
             file_op(&plan, crate::secrets::CA_FILE),

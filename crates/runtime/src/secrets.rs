@@ -19,6 +19,8 @@ use crate::error::RunError;
 pub const BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The sandbox CA alone, inside (for NODE_EXTRA_CA_CERTS, which adds to Node's own roots).
 pub const CA_FILE: &str = "/etc/ssl/certs/stockade-sandbox-ca.pem";
+/// The line before the sandbox CA in the bundle.
+pub const CA_MARKER: &str = "# Stockade: this sandbox's secret gateway CA\n";
 
 /// How the sandbox trusts its CA: /etc/ssl/certs rebuilt from the host's entries, with the
 /// bundle file replaced by the host's bundle plus the sandbox CA.
@@ -155,7 +157,7 @@ fn host_trust(ca_pem: String) -> Result<Trust, RunError> {
     if !all.ends_with('\n') {
         all.push('\n');
     }
-    all.push_str("# Stockade: this sandbox's secret gateway CA\n");
+    all.push_str(CA_MARKER);
     all.push_str(&ca_pem);
     Ok(Trust {
         entries,
