@@ -480,6 +480,61 @@ fn a_symlink_in_the_way_is_refused_and_not_followed() {
     );
 }
 
+/// An ordinary user's sandbox cannot map the root filesystem's root-owned files: refused, even
+/// with `--allow-weaker-isolation`, while the same user's run without `--rootfs` works.
+#[test]
+fn only_a_root_launcher_may_use_a_root_filesystem() {
+    const USER: &str = "stockade-e2e";
+    let t = template();
+    let id = |flag: &str| -> Option<u32> {
+        let o = Command::new("id").args([flag, USER]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().parse().ok()
+    };
+    if id("-u").is_none() {
+        let o = Command::new("useradd")
+            .args(["-M", "-r", USER])
+            .output()
+            .unwrap();
+        assert!(o.status.success() || id("-u").is_some(), "useradd: {o:?}");
+    }
+    let (uid, gid) = (id("-u").unwrap(), id("-g").unwrap());
+    // The user needs its own copy of the binary, workspace and state dir.
+    let dir = t.root.parent().unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let binary = dir.join("stockade");
+    std::fs::copy(bin(), &binary).unwrap();
+    for p in [&t.ws, &t.state] {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+    }
+    let as_user = |extra: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid", USER, "--regid", USER, "--init-groups"])
+            .arg(&binary)
+            .arg("--state-dir")
+            .arg(&t.state)
+            .arg("run")
+            .arg("--workspace")
+            .arg(&t.ws)
+            .arg("--allow-weaker-isolation")
+            .args(extra)
+            .args(["--", "/bin/sh", "-c", "echo ran"])
+            .current_dir(&t.ws)
+            .output()
+            .unwrap()
+    };
+    let out = as_user(&["--rootfs", t.root.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("a directory root filesystem needs stockade to run as root"),
+        "{out:?}"
+    );
+    assert!(out.stdout.is_empty(), "{out:?}");
+    // Control: the same user, same flags, no root filesystem.
+    let out = as_user(&[]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(text(&out.stdout), "ran\n");
+}
+
 #[test]
 fn relative_and_bad_paths_are_refused_with_their_place() {
     let t = template();
