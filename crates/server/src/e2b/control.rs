@@ -508,7 +508,8 @@ fn percent_decode(s: &str) -> Result<String, E2bError> {
 /// RFC 3339 with an offset or `Z` (what Python's `isoformat()` writes).
 fn parse_time(s: &str) -> Option<SystemTime> {
     let s = s.trim();
-    if s.len() < 19 || !s.is_char_boundary(19) {
+    // Everything below slices by byte: only ASCII is a time.
+    if s.len() < 19 || s.len() > 64 || !s.is_ascii() {
         return None;
     }
     let (base, rest) = s.split_at(19);
@@ -814,6 +815,42 @@ mod tests {
         let b: NewSandbox =
             serde_json::from_str(r#"{"templateID":"base","snapshot":true}"#).unwrap();
         assert!(unknown_fields("", &b.other).is_err());
+    }
+
+    /// Query strings and times from a client never panic the parsers.
+    #[test]
+    fn random_filters_and_times_never_panic() {
+        let mut x: u64 = 0xdead_beef_1234_5678;
+        let pieces = [
+            "%",
+            "%2",
+            "%25",
+            "=",
+            "&",
+            "a",
+            "+",
+            "\u{e9}",
+            "T",
+            "Z",
+            "+02:00",
+            "2024-01-01T00:00:00",
+            ".",
+            "9",
+        ];
+        for _ in 0..5000 {
+            let mut s = String::new();
+            for _ in 0..(x % 10) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                s.push_str(pieces[(x % pieces.len() as u64) as usize]);
+            }
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let _ = parse_metadata_filter(&s);
+            let _ = parse_time(&s);
+        }
     }
 
     #[test]

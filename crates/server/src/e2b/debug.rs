@@ -7,8 +7,9 @@
 //! half the server's default timeout away), and made anew if it ended (its files are then gone).
 //! It belongs to no API key (owner `debug`: `Sandbox.list()` with a key does not show it); it
 //! ends at its timeout or when the server stops. The listener has no authentication at all —
-//! anyone who can connect to it runs commands in that sandbox — so it must listen on loopback
-//! only, and only when asked for.
+//! anyone who can connect to it runs commands in that sandbox — so it is off unless asked for,
+//! and answers only clients connecting from a loopback address (403 otherwise, whatever address
+//! it listens on).
 
 use super::envd::{Reject, Target};
 use crate::AppState;

@@ -86,7 +86,21 @@ impl FromRequestParts<AppState> for Target {
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Target, Reject> {
         match parts.extensions.get::<Mode>().cloned() {
-            Some(Mode::Debug(d)) => d.target(st).await,
+            Some(Mode::Debug(d)) => {
+                // The debug listener has no authentication: only this host may use it, whatever
+                // address it was told to listen on.
+                let peer = parts
+                    .extensions
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                    .map(|c| c.0.ip());
+                if !peer.is_some_and(|ip| ip.is_loopback()) {
+                    return Err(Reject(
+                        StatusCode::FORBIDDEN,
+                        "the E2B debug listener serves loopback clients only".into(),
+                    ));
+                }
+                d.target(st).await
+            }
             Some(Mode::Main) | None => resolve_main(st, &parts.headers),
         }
     }
@@ -365,6 +379,38 @@ mod tests {
         assert!(resolve_path("a\0b", h).is_err());
         assert_eq!(base_name("/home/user/a.txt"), "a.txt");
         assert_eq!(base_name("/"), "/");
+    }
+
+    /// Whatever a client sends, a resolved path is absolute and clean: no `.`/`..` component,
+    /// no empty one, nothing above `/`.
+    #[test]
+    fn random_paths_resolve_to_clean_absolute_paths() {
+        let alphabet = ["/", ".", "..", "a", "~", "b/", "//", "\\", "é", " "];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..5000 {
+            let mut p = String::new();
+            for _ in 0..(x % 12) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                p.push_str(alphabet[(x % alphabet.len() as u64) as usize]);
+            }
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let Ok(r) = resolve_path(&p, "/home/user") else {
+                assert!(p.starts_with('~'), "{p:?} refused");
+                continue;
+            };
+            assert!(r.starts_with('/'), "{p:?} -> {r:?}");
+            assert!(
+                r == "/"
+                    || r[1..]
+                        .split('/')
+                        .all(|c| !c.is_empty() && c != "." && c != ".."),
+                "{p:?} -> {r:?}"
+            );
+        }
     }
 
     #[test]

@@ -376,6 +376,78 @@ mod tests {
         assert!(signal_number(&serde_json::json!("SIGNAL_UNSPECIFIED")).is_err());
     }
 
+    /// Any JSON value where a message is expected is either decoded or refused, never a panic,
+    /// and a decoded selector or input always names exactly one thing.
+    #[test]
+    fn random_json_messages_never_panic() {
+        let values = [
+            "null",
+            "1",
+            "-1",
+            "1.5",
+            "\"x\"",
+            "\"aGk=\"",
+            "\"@@\"",
+            "{}",
+            "[]",
+            "true",
+            "4294967296",
+            "\"4294967295\"",
+        ];
+        let keys = [
+            "pid",
+            "tag",
+            "stdin",
+            "pty",
+            "process",
+            "input",
+            "signal",
+            "start",
+            "data",
+            "keepalive",
+        ];
+        let mut x: u64 = 0x0123_4567_89ab_cdef;
+        let mut step = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..5000 {
+            let mut obj = String::from("{");
+            for i in 0..(step() % 4) {
+                if i > 0 {
+                    obj.push(',');
+                }
+                let k = keys[(step() % keys.len() as u64) as usize];
+                let v = if step() % 3 == 0 {
+                    format!(
+                        "{{\"{}\":{}}}",
+                        keys[(step() % keys.len() as u64) as usize],
+                        values[(step() % values.len() as u64) as usize]
+                    )
+                } else {
+                    values[(step() % values.len() as u64) as usize].to_string()
+                };
+                obj.push_str(&format!("\"{k}\":{v}"));
+            }
+            obj.push('}');
+            if let Ok(r) = serde_json::from_str::<SendInputRequest>(&obj) {
+                if let Ok(sel) = Selector::from_msg(r.process) {
+                    assert!(matches!(sel, Selector::Pid(_) | Selector::Tag(_)));
+                }
+                let _ = Input::from_msg(r.input);
+            }
+            if let Ok(r) = serde_json::from_str::<StreamInputRequest>(&obj) {
+                let _ = (r.start, r.data, r.keepalive);
+            }
+            if let Ok(r) = serde_json::from_str::<SendSignalRequest>(&obj) {
+                let _ = signal_number(&r.signal);
+            }
+            let _ = serde_json::from_str::<StartRequest>(&obj);
+        }
+    }
+
     #[test]
     fn events_in_protobuf_json() {
         let e = ProcessEvent::Stdout(bytes::Bytes::from_static(b"hi\n"));
