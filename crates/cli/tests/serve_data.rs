@@ -269,7 +269,7 @@ fn websocket_pty_resize_stdin_and_reattach() {
     assert!(out.contains("40 120"), "{out:?}");
     assert!(out.contains("got:go"), "{out:?}");
     assert_eq!(msgs.last().unwrap()["exit"]["exit_code"], 0);
-    assert!(ws.next().is_none(), "closed after exit");
+    assert!(ws.recv().is_none(), "closed after exit");
 
     // Without a PTY: stdin as binary messages, EOF with close_stdin, stderr apart.
     let mut ws = srv.ws(&ws_path, Auth::Key).unwrap();
@@ -293,16 +293,16 @@ fn websocket_pty_resize_stdin_and_reattach() {
     // A refused start is an error message, then the socket closes.
     let mut ws = srv.ws(&ws_path, Auth::Key).unwrap();
     ws.send(json!({"argv": ["no-such-command-xyz"]}));
-    let v = ws.next().unwrap();
+    let v = ws.recv().unwrap();
     assert_eq!(v["error"]["code"], "command_not_found", "{v}");
-    assert!(ws.next().is_none());
+    assert!(ws.recv().is_none());
     // No credentials: refused before the upgrade.
     assert_eq!(srv.ws(&ws_path, Auth::None).err().map(|e| e.0), Some(401));
 
     // Re-attach: the client goes away, the process runs on, a new client talks to it by pid.
     let mut ws = srv.ws(&ws_path, Auth::Key).unwrap();
     ws.send(json!({"argv": ["sh", "-c", "read x; echo got:$x"], "tag": "waiter"}));
-    let pid = ws.next().unwrap()["started"]["pid"].as_i64().unwrap();
+    let pid = ws.recv().unwrap()["started"]["pid"].as_i64().unwrap();
     drop(ws);
     std::thread::sleep(Duration::from_millis(300));
     let list = srv
@@ -320,7 +320,7 @@ fn websocket_pty_resize_stdin_and_reattach() {
     let mut ws = srv
         .ws(&format!("/v1/sandboxes/{id}/exec/{pid}/ws"), Auth::Key)
         .unwrap();
-    assert_eq!(ws.next().unwrap()["started"]["pid"], pid);
+    assert_eq!(ws.recv().unwrap()["started"]["pid"], pid);
     ws.send(json!({"stdin": b64(b"again\n")}));
     let (out, msgs) = ws.until(|v, _| v.get("exit").is_some());
     assert_eq!(out, "got:again\n");
@@ -341,7 +341,7 @@ fn websocket_pty_resize_stdin_and_reattach() {
     // A signal through the API reaches the process's group.
     let mut ws = srv.ws(&ws_path, Auth::Key).unwrap();
     ws.send(json!({"argv": ["sleep", "60"]}));
-    let pid = ws.next().unwrap()["started"]["pid"].as_i64().unwrap();
+    let pid = ws.recv().unwrap()["started"]["pid"].as_i64().unwrap();
     let sig = |n: i64| {
         srv.post(
             &format!("/v1/sandboxes/{id}/processes/{pid}/signal"),

@@ -428,7 +428,7 @@ impl Ws {
     }
 
     /// The next JSON message (None when the server closed).
-    pub fn next(&mut self) -> Option<Value> {
+    pub fn recv(&mut self) -> Option<Value> {
         loop {
             match self.ws.read() {
                 Ok(Message::Text(t)) => return Some(serde_json::from_str(t.as_str()).unwrap()),
@@ -448,7 +448,7 @@ impl Ws {
         let mut out = String::new();
         let mut all = Vec::new();
         loop {
-            let v = self.next().unwrap_or_else(|| {
+            let v = self.recv().unwrap_or_else(|| {
                 panic!("closed before the expected message; output {out:?}, messages {all:?}")
             });
             for k in ["stdout", "stderr", "pty"] {
