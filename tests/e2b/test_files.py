@@ -4,7 +4,6 @@ disk is 507."""
 
 import io
 import os
-import time
 import uuid
 
 import pytest
@@ -145,7 +144,15 @@ def test_a_full_disk_is_507(tmp_path):
         s.files.write("small.txt", b"x" * 1024)  # control: a small write fits
         with pytest.raises(NotEnoughSpaceException):
             s.files.write("huge.bin", io.BytesIO(os.urandom(32 * 1024 * 1024)))
-        time.sleep(0.2)
+        # Nothing is left behind: no partial file eating the disk.
+        assert not s.files.exists("huge.bin")
+        # An existing file keeps its content when its replacement does not fit.
+        with pytest.raises(NotEnoughSpaceException):
+            s.files.write("small.txt", io.BytesIO(os.urandom(32 * 1024 * 1024)))
         assert s.files.read("small.txt") == "x" * 1024
+        assert sorted(e.name for e in s.files.list(".")) == ["small.txt"]
+        # The space is there again.
+        s.files.write("again.bin", os.urandom(2 * 1024 * 1024))
+        assert s.files.get_info("again.bin").size == 2 * 1024 * 1024
     finally:
         s.kill()

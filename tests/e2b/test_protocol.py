@@ -113,3 +113,41 @@ def test_async_sdk_commands_and_streaming_watch():
             await s.kill()
 
     asyncio.run(main())
+
+
+def test_a_broken_gzip_upload_is_400_and_leaves_nothing(sbx):
+    u = urllib.parse.urlparse(os.environ["E2B_SANDBOX_URL"])
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    c.request(
+        "POST",
+        "/files?path=broken.txt",
+        b"\x1f\x8b\x08\x00not really gzip" * 100,
+        {
+            "Content-Type": "application/octet-stream",
+            "Content-Encoding": "gzip",
+            "E2b-Sandbox-Id": sbx.sandbox_id,
+            "X-Access-Token": sbx._envd_access_token,
+        },
+    )
+    r = c.getresponse()
+    body = json.loads(r.read())
+    assert r.status == 400 and body["code"] == 400 and "decompress" in body["message"], body
+    assert not sbx.files.exists("broken.txt")
+    # Control: a real gzip body is inflated into the file.
+    import gzip
+
+    c.request(
+        "POST",
+        "/files?path=fine.txt",
+        gzip.compress(b"inflated"),
+        {
+            "Content-Type": "application/octet-stream",
+            "Content-Encoding": "gzip",
+            "E2b-Sandbox-Id": sbx.sandbox_id,
+            "X-Access-Token": sbx._envd_access_token,
+        },
+    )
+    r = c.getresponse()
+    assert r.status == 200, r.read()
+    assert json.loads(r.read()) == [{"name": "fine.txt", "type": "file", "path": "/home/user/fine.txt"}]
+    assert sbx.files.read("fine.txt") == "inflated"

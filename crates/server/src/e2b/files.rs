@@ -23,7 +23,8 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use std::io::Write;
-use std::pin::pin;
+use std::pin::{Pin, pin};
+use std::time::Duration;
 use stockade_runtime::session::{FsOp, FsReply, SessionError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -31,6 +32,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const MAX_PARTS: usize = 1000;
 /// Compressed bytes inflated per step (deflate expands at most ~1032x).
 const INFLATE_STEP: usize = 4096;
+/// After a failed upload, how much of the rest of its body is read (and dropped) so that the
+/// client, still sending, gets the error instead of a broken connection.
+const DRAIN_BYTES: usize = 1 << 30;
+const DRAIN_TIME: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default, Deserialize)]
 pub struct FilesQuery {
@@ -180,11 +185,15 @@ async fn upload_inner(sb: &Sandbox, q: &FilesQuery, req: Request) -> Result<Vec<
             ));
         };
         let path = resolve(sb, p)?;
-        let body = req
-            .into_body()
-            .into_data_stream()
-            .map(|r| r.map_err(std::io::Error::other));
-        write_file(sb, &path, body, gzip).await?;
+        let mut body = pin!(
+            req.into_body()
+                .into_data_stream()
+                .map(|r| r.map_err(std::io::Error::other))
+        );
+        if let Err(f) = write_file(sb, &path, body.as_mut(), gzip).await {
+            drain(body).await;
+            return Err(f);
+        }
         return Ok(vec![path]);
     }
     if !media.starts_with("multipart/") {
@@ -207,6 +216,18 @@ async fn upload_inner(sb: &Sandbox, q: &FilesQuery, req: Request) -> Result<Vec<
             format!("bad multipart body: {}", e.body_text()),
         )
     })?;
+    let r = multipart_parts(sb, q, &mut mp).await;
+    if r.is_err() {
+        drain_multipart(&mut mp).await;
+    }
+    r
+}
+
+async fn multipart_parts(
+    sb: &Sandbox,
+    q: &FilesQuery,
+    mp: &mut Multipart,
+) -> Result<Vec<String>, Fail> {
     let mut written: Vec<String> = Vec::new();
     let mut parts = 0usize;
     while let Some(field) = mp.next_field().await.map_err(|e| {
@@ -251,7 +272,7 @@ async fn upload_inner(sb: &Sandbox, q: &FilesQuery, req: Request) -> Result<Vec<
                 ),
             ));
         }
-        let body = field.map(|r| r.map_err(std::io::Error::other));
+        let body = pin!(field.map(|r| r.map_err(std::io::Error::other)));
         write_file(sb, &path, body, false).await?;
         written.push(path);
     }
@@ -297,11 +318,15 @@ fn io_fail(path: &str, e: &std::io::Error) -> Fail {
     }
 }
 
-/// Streams `body` (inflated when `gzip`) into `path` inside the sandbox.
-async fn write_file(
+/// Streams `body` (inflated when `gzip`) into `path` inside the sandbox. A failed upload leaves
+/// nothing behind: a new file is removed again; an existing one is replaced only once the whole
+/// body is written (the new content goes to a temporary file beside it, renamed over it), so it
+/// keeps its old content. A new file is written in place, so a watcher sees it created and
+/// written, as with envd.
+async fn write_file<S: Stream<Item = std::io::Result<Bytes>>>(
     sb: &Sandbox,
     path: &str,
-    body: impl Stream<Item = std::io::Result<Bytes>>,
+    body: Pin<&mut S>,
     gzip: bool,
 ) -> Result<(), Fail> {
     let existed = match sb
@@ -322,61 +347,128 @@ async fn write_file(
         }
         _ => false,
     };
+    let target = if existed {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let mut r = [0u8; 6];
+        getrandom::fill(&mut r).map_err(|e| {
+            Fail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("no randomness: {e}"),
+            )
+        })?;
+        let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{dir}/.{name}.stockade-upload-{hex}")
+    } else {
+        path.to_string()
+    };
     let file = sb
         .session
-        .open_write(path)
+        .open_write(&target)
         .await
         .map_err(|e| session_fail(path, e))?;
     let mut file = tokio::fs::File::from_std(file);
+    let result = copy_body(path, &mut file, body, gzip).await;
+    drop(file);
+    let result = match result {
+        Ok(size) if existed => match sb
+            .session
+            .fs(FsOp::Move {
+                from: target.clone(),
+                to: path.to_string(),
+            })
+            .await
+        {
+            Ok(_) => Ok(size),
+            Err(e) => Err(session_fail(path, e)),
+        },
+        other => other,
+    };
+    match result {
+        Ok(size) => {
+            sb.session.record_file_written(path, size, !existed);
+            Ok(())
+        }
+        Err(f) => {
+            if let Err(e) = sb.session.fs(FsOp::Remove { path: target }).await {
+                tracing::warn!(error = %e, "removing a failed upload");
+            }
+            Err(f)
+        }
+    }
+}
+
+/// Copies the body into the file; the bytes written.
+async fn copy_body<S: Stream<Item = std::io::Result<Bytes>>>(
+    path: &str,
+    file: &mut tokio::fs::File,
+    mut body: Pin<&mut S>,
+    gzip: bool,
+) -> Result<u64, Fail> {
+    let inflate_fail = |e: std::io::Error| {
+        Fail(
+            StatusCode::BAD_REQUEST,
+            format!("error decompressing request body: {e}"),
+        )
+    };
     let mut inflater = gzip.then(|| flate2::write::GzDecoder::new(Vec::new()));
     let mut size: u64 = 0;
-    let mut body = pin!(body);
-    let result: Result<(), Fail> = async {
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| {
-                Fail(
-                    StatusCode::BAD_REQUEST,
-                    format!("the upload body broke: {e}"),
-                )
-            })?;
-            match inflater.as_mut() {
-                None => {
-                    file.write_all(&chunk)
-                        .await
-                        .map_err(|e| io_fail(path, &e))?;
-                    size += chunk.len() as u64;
-                }
-                Some(dec) => {
-                    for piece in chunk.chunks(INFLATE_STEP) {
-                        dec.write_all(piece).map_err(|e| {
-                            Fail(
-                                StatusCode::BAD_REQUEST,
-                                format!("error decompressing request body: {e}"),
-                            )
-                        })?;
-                        let out = std::mem::take(dec.get_mut());
-                        file.write_all(&out).await.map_err(|e| io_fail(path, &e))?;
-                        size += out.len() as u64;
-                    }
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| {
+            Fail(
+                StatusCode::BAD_REQUEST,
+                format!("the upload body broke: {e}"),
+            )
+        })?;
+        match inflater.as_mut() {
+            None => {
+                file.write_all(&chunk)
+                    .await
+                    .map_err(|e| io_fail(path, &e))?;
+                size += chunk.len() as u64;
+            }
+            Some(dec) => {
+                for piece in chunk.chunks(INFLATE_STEP) {
+                    dec.write_all(piece).map_err(inflate_fail)?;
+                    let out = std::mem::take(dec.get_mut());
+                    file.write_all(&out).await.map_err(|e| io_fail(path, &e))?;
+                    size += out.len() as u64;
                 }
             }
         }
-        if let Some(dec) = inflater.as_mut() {
-            dec.try_finish().map_err(|e| {
-                Fail(
-                    StatusCode::BAD_REQUEST,
-                    format!("error decompressing request body: {e}"),
-                )
-            })?;
-            let out = std::mem::take(dec.get_mut());
-            file.write_all(&out).await.map_err(|e| io_fail(path, &e))?;
-            size += out.len() as u64;
-        }
-        file.flush().await.map_err(|e| io_fail(path, &e))?;
-        Ok(())
     }
-    .await;
-    // What was written is in the sandbox either way: record it.
-    sb.session.record_file_written(path, size, !existed);
-    result
+    if let Some(dec) = inflater.as_mut() {
+        dec.try_finish().map_err(inflate_fail)?;
+        let out = std::mem::take(dec.get_mut());
+        file.write_all(&out).await.map_err(|e| io_fail(path, &e))?;
+        size += out.len() as u64;
+    }
+    file.flush().await.map_err(|e| io_fail(path, &e))?;
+    Ok(size)
+}
+
+/// Reads and drops the rest of a failed upload's body (bounded by [`DRAIN_BYTES`] and
+/// [`DRAIN_TIME`]).
+async fn drain<S: Stream<Item = std::io::Result<Bytes>>>(mut body: Pin<&mut S>) {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    let mut n = 0usize;
+    while let Ok(Some(Ok(c))) = tokio::time::timeout_at(deadline, body.next()).await {
+        n += c.len();
+        if n > DRAIN_BYTES {
+            return;
+        }
+    }
+}
+
+/// [`drain`] for a multipart body: the rest of every part.
+async fn drain_multipart(mp: &mut Multipart) {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    let mut n = 0usize;
+    while let Ok(Ok(Some(mut f))) = tokio::time::timeout_at(deadline, mp.next_field()).await {
+        while let Ok(Ok(Some(c))) = tokio::time::timeout_at(deadline, f.chunk()).await {
+            n += c.len();
+            if n > DRAIN_BYTES {
+                return;
+            }
+        }
+    }
 }
