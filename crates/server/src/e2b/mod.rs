@@ -2,7 +2,7 @@
 //! environment variables (`E2B_API_URL` and `E2B_SANDBOX_URL`, both the server's URL) and a
 //! Stockade API key as `E2B_API_KEY`.
 //!
-//! - **Control plane** ([`control`]): `POST /sandboxes` (and `/v2/sandboxes`), `GET
+//! - **Control plane** ([`control`], [`list`]): `POST /sandboxes` (and `/v2/sandboxes`), `GET
 //!   /v2/sandboxes` (and the deprecated `GET /sandboxes`), `GET`/`DELETE /sandboxes/{id}`,
 //!   `POST /sandboxes/{id}/timeout`, `/refreshes`, `/connect` (and `/v2/.../connect`), with
 //!   `X-API-Key`.
@@ -47,6 +47,7 @@ pub mod debug;
 pub mod envd;
 pub mod files;
 pub mod filesystem;
+pub mod list;
 pub mod messages;
 pub mod pbjson;
 pub mod process;
