@@ -35,6 +35,12 @@ pub struct ServeArgs {
     /// creates without env or inline policy take one at once. Repeatable.
     #[arg(long = "pool", value_name = "TEMPLATE=N", value_parser = PoolSpec::parse)]
     pools: Vec<PoolSpec>,
+    /// Largest file one upload may write (native API and E2B /files); larger: 413.
+    #[arg(long, value_name = "SIZE", default_value = "100MiB")]
+    max_upload: stockade_policy::ByteSize,
+    /// Largest file one download may read; larger: 413.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB")]
+    max_download: stockade_policy::ByteSize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -107,6 +113,8 @@ pub fn serve(state: &StateDir, a: ServeArgs) -> ExitCode {
         default_timeout: Duration::from_secs(a.default_timeout),
         max_timeout: Duration::from_secs(a.max_timeout),
         pools: a.pools,
+        max_upload: a.max_upload.0,
+        max_download: a.max_download.0,
         ..Config::default()
     };
     if let Err(e) = cfg.validate() {

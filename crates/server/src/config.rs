@@ -76,6 +76,10 @@ pub struct Config {
     pub pools: Vec<PoolSpec>,
     /// How long graceful shutdown waits for open connections after every sandbox is gone.
     pub drain_timeout: Duration,
+    /// Largest file one upload may write (bytes); larger ones are refused with 413.
+    pub max_upload: u64,
+    /// Largest file one download may read (bytes); larger ones are refused with 413.
+    pub max_download: u64,
 }
 
 impl Default for Config {
@@ -90,6 +94,8 @@ impl Default for Config {
             max_timeout: Duration::from_secs(86_400),
             pools: Vec::new(),
             drain_timeout: Duration::from_secs(5),
+            max_upload: crate::native_data::DEFAULT_MAX_UPLOAD,
+            max_download: crate::native_data::DEFAULT_MAX_DOWNLOAD,
         }
     }
 }

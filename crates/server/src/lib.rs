@@ -50,20 +50,34 @@ pub fn router(state: AppState) -> Router {
         .merge(e2b::routes())
         .with_state(state.clone());
     let envd = e2b::envd_routes().with_state(state);
-    Router::new().fallback(move |req: Request| {
-        let to = if req.headers().contains_key(E2B_SANDBOX_ID_HEADER) {
-            envd.clone()
-        } else {
-            main.clone()
-        };
-        async move {
-            match to.oneshot(req).await {
-                Ok(r) => r,
-                Err(never) => match never {},
+    Router::new()
+        .fallback(move |req: Request| {
+            let to = if req.headers().contains_key(E2B_SANDBOX_ID_HEADER) {
+                envd.clone()
+            } else {
+                main.clone()
+            };
+            async move {
+                match to.oneshot(req).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                }
+                .into_response()
             }
-            .into_response()
-        }
-    })
+        })
+        .layer(axum::middleware::from_fn(server_timing))
+}
+
+/// `Server-Timing: app;dur=MS` on every answer: the server's own time from the request to the
+/// response head (for a stream, to its start), which the benchmarks read.
+async fn server_timing(req: Request, next: axum::middleware::Next) -> axum::response::Response {
+    let t = std::time::Instant::now();
+    let mut r = next.run(req).await;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("app;dur={ms:.3}")) {
+        r.headers_mut().insert("server-timing", v);
+    }
+    r
 }
 
 /// The E2B SDK's debug-mode listener (envd at localhost:49983).

@@ -28,8 +28,13 @@ async fn health() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+/// The API description; like every endpoint but `/health`, it needs a key.
+async fn openapi(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    st.svc.authenticate(&headers)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], OPENAPI))
 }
 
 async fn create(

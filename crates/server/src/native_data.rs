@@ -59,8 +59,11 @@ impl Default for Limits {
 
 /// The caps in force for this server.
 pub(crate) fn limits(st: &AppState) -> Limits {
-    let _ = st;
-    Limits::default()
+    let c = st.svc.config();
+    Limits {
+        max_upload: c.max_upload,
+        max_download: c.max_download,
+    }
 }
 
 pub fn routes() -> Router<AppState> {
