@@ -5,6 +5,7 @@ mod doctor;
 mod flags;
 mod gc;
 mod ls;
+mod mcp;
 mod remote;
 mod serve;
 mod trace;
@@ -58,6 +59,9 @@ enum Cmd {
     /// Manage the templates of `stockade serve` (name → policy and root filesystem).
     #[command(subcommand)]
     Template(serve::TemplateCmd),
+    /// Serve MCP on stdin/stdout (Claude Desktop/Code, Cursor...): tools to run commands and code
+    /// in one sandbox, made on the first call.
+    Mcp(mcp::McpArgs),
     /// Clients of a server: create, exec, cp, kill (--server URL; key from STOCKADE_API_KEY).
     #[command(flatten)]
     Remote(remote::RemoteCmd),
@@ -162,6 +166,7 @@ fn main() -> ExitCode {
         Cmd::Serve(a) => serve::serve(&state_dir(cli.state_dir.as_deref()), *a),
         Cmd::Keys(c) => serve::keys(&state_dir(cli.state_dir.as_deref()), c),
         Cmd::Template(c) => serve::template(&state_dir(cli.state_dir.as_deref()), c),
+        Cmd::Mcp(a) => mcp::run(&state_dir(cli.state_dir.as_deref()), a),
         Cmd::Remote(c) => remote::run(c),
     }
 }

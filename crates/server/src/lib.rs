@@ -15,6 +15,7 @@ pub mod e2b;
 pub mod error;
 pub mod keys;
 pub mod lifecycle;
+pub mod mcp;
 pub mod native_control;
 pub mod native_data;
 pub mod pool;
@@ -48,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .merge(native_control::routes())
         .merge(native_data::routes())
         .merge(e2b::routes())
+        .merge(mcp::http::routes(&state))
         .with_state(state.clone());
     let envd = e2b::envd_routes().with_state(state);
     Router::new()
