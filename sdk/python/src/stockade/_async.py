@@ -7,6 +7,7 @@ import asyncio
 import builtins
 import inspect
 import os
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
 from types import TracebackType
@@ -366,6 +367,7 @@ class AsyncSandbox:
         self._info: SandboxInfo | None = None
         self._access_token: str | None = None
         self._killed = False
+        self._handles: weakref.WeakSet[AsyncCommandHandle] = weakref.WeakSet()
         self.files = AsyncFiles(self)
 
     async def _create(self) -> None:
@@ -553,6 +555,10 @@ class AsyncSandbox:
             except SandboxNotFound:
                 pass
             self._killed = True
+            # Background readers get their processes' ends before the connections close.
+            tasks = [h._task for h in self._handles if not h._task.done()]
+            if tasks:
+                await asyncio.wait(tasks, timeout=5)
         await http.close()
 
     async def close(self) -> None:
@@ -632,7 +638,9 @@ class AsyncSandbox:
             await stream.close()
             raise
         if background:
-            return AsyncCommandHandle(self, cmd, stream, timeout, on_stdout, on_stderr)
+            handle = AsyncCommandHandle(self, cmd, stream, timeout, on_stdout, on_stderr)
+            self._handles.add(handle)
+            return handle
         try:
             await stream.pump(on_stdout, on_stderr)
         finally:

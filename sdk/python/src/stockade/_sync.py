@@ -6,6 +6,7 @@ import builtins
 import os
 import threading
 import time
+import weakref
 from datetime import datetime
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
@@ -404,6 +405,7 @@ class Sandbox:
         self._info = info
         self._killed = False
         self._access_token = access_token
+        self._handles: weakref.WeakSet[CommandHandle] = weakref.WeakSet()
         self.files = Files(self)
 
     @classmethod
@@ -537,6 +539,10 @@ class Sandbox:
             except SandboxNotFound:
                 pass
             self._killed = True
+            # Background readers get their processes' ends before the connections close.
+            deadline = time.monotonic() + 5
+            for h in builtins.list(self._handles):
+                h._done.wait(max(0.0, deadline - time.monotonic()))
         self._http.close()
 
     def close(self) -> None:
@@ -624,7 +630,9 @@ class Sandbox:
             stream.close()
             raise
         if background:
-            return CommandHandle(self, cmd, stream, timeout, on_stdout, on_stderr)
+            handle = CommandHandle(self, cmd, stream, timeout, on_stdout, on_stderr)
+            self._handles.add(handle)
+            return handle
         try:
             stream.pump(on_stdout, on_stderr)
         finally:
