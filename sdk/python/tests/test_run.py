@@ -185,3 +185,14 @@ def test_bad_arguments_fail_before_any_request(sbx: stockade.Sandbox) -> None:
     with pytest.raises(stockade.ConfigurationError, match="timeout"):
         sbx.run("true", timeout=0)
     assert len(sbx.trace()) == before
+
+
+def test_background_process_timeout(sbx: stockade.Sandbox) -> None:
+    p = sbx.run("echo x; sleep 30", background=True, timeout=1)
+    with pytest.raises(stockade.TimeoutError) as e:
+        p.wait(timeout=15)
+    r = e.value.result
+    assert r is not None and (r.end, r.signal, r.stdout) == ("timeout", 9, "x\n")
+    # Control: the same kind of process with no timeout ends on its own.
+    q = sbx.run("sleep 0.2; echo y", background=True)
+    assert q.wait(timeout=15).stdout == "y\n"

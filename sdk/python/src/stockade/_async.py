@@ -22,7 +22,9 @@ from ._common import (
     ExecState,
     Retry,
     Settings,
+    UNSET,
     SSEParser,
+    Unset,
     backoff,
     check_id,
     check_result,
@@ -30,6 +32,7 @@ from ._common import (
     create_body,
     describe_cmd,
     exec_body,
+    run_timeout,
     json_body,
     may_retry,
     settings,
@@ -79,7 +82,7 @@ class _AsyncHttp:
                     await asyncio.sleep(backoff(attempt))
                     attempt += 1
                     continue
-                raise transport_error(e, self.s, what, sent=not _unsent(e)) from e
+                raise transport_error(e, self.s, what, retry, attempt + 1) from e
             if resp.status_code >= 400:
                 if attempt < self.s.max_retries and may_retry(retry, None, resp.status_code):
                     await asyncio.sleep(backoff(attempt))
@@ -96,7 +99,7 @@ class _AsyncHttp:
         try:
             resp = await self.client.send(req, stream=True)
         except httpx.TransportError as e:
-            raise transport_error(e, self.s, what, sent=not _unsent(e)) from e
+            raise transport_error(e, self.s, what, Retry.NEVER) from e
         if resp.status_code >= 400:
             try:
                 content = await resp.aread()
@@ -104,10 +107,6 @@ class _AsyncHttp:
                 await resp.aclose()
             raise error_from_response(resp.status_code, content, Context.EXEC)
         return resp
-
-
-def _unsent(e: httpx.TransportError) -> bool:
-    return isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
 
 
 async def _call(cb: AsyncOutputCallback | None, text: str) -> None:
@@ -136,7 +135,7 @@ class _AsyncExecStream:
                 if ev is not None:
                     return ev
         except httpx.TransportError as e:
-            raise transport_error(e, self._http.s, self._what, sent=True) from e
+            raise transport_error(e, self._http.s, self._what, Retry.NEVER) from e
         return None
 
     async def read_until_started(self) -> None:
@@ -617,7 +616,7 @@ class AsyncSandbox:
         background: bool = False,
         on_stdout: AsyncOutputCallback | None = None,
         on_stderr: AsyncOutputCallback | None = None,
-        timeout: float | None = DEFAULT_RUN_TIMEOUT,
+        timeout: float | None | Unset = UNSET,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         stdin: str | None = None,
@@ -625,8 +624,7 @@ class AsyncSandbox:
         check: bool = False,
     ) -> CommandResult | AsyncCommandHandle:
         """As :meth:`Sandbox.run`; callbacks may be coroutine functions."""
-        if background and timeout == DEFAULT_RUN_TIMEOUT:
-            timeout = None
+        timeout = run_timeout(timeout, background)
         body = exec_body(cmd, cwd, env, timeout, stdin, tag)
         what = f"run `{describe_cmd(cmd)}`"
         http = self._conn()

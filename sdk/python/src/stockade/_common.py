@@ -47,6 +47,22 @@ DEFAULT_RUN_TIMEOUT = 60.0
 STREAM_READ_TIMEOUT = 60.0
 
 CmdArg = str | Sequence[str]
+
+
+class Unset(Enum):
+    """The default of an argument whose default depends on another one."""
+
+    UNSET = 0
+
+
+UNSET = Unset.UNSET
+
+
+def run_timeout(timeout: float | None | Unset, background: bool) -> float | None:
+    """``run``'s default timeout: 60 s in the foreground, the policy's in the background."""
+    if timeout is UNSET:
+        return None if background else DEFAULT_RUN_TIMEOUT
+    return timeout
 Stream = Literal["stdout", "stderr"]
 
 
@@ -116,9 +132,8 @@ def may_retry(policy: Retry, exc: BaseException | None, status: int | None) -> b
     if policy is Retry.NEVER:
         return False
     if exc is not None:
-        unsent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
         if policy is Retry.UNSENT:
-            return unsent
+            return unsent(exc)
         return isinstance(exc, httpx.TransportError)
     return policy is Retry.IDEMPOTENT and status in RETRY_STATUSES
 
@@ -128,19 +143,31 @@ def backoff(attempt: int) -> float:
     return float(min(2.0, 0.25 * (2**attempt)))
 
 
-def transport_error(exc: httpx.HTTPError, s: Settings, what: str, sent: bool) -> StockadeError:
+def transport_error(
+    exc: httpx.HTTPError, s: Settings, what: str, retry: Retry, tries: int = 1
+) -> StockadeError:
     """A connection-level failure as this package's exception (never naming the key)."""
+    after = f" after {tries} tries" if tries > 1 else ""
     if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
         return TimeoutError(
-            f"{what}: the server at {s.server} did not answer in time ({type(exc).__name__}); "
-            "raise request_timeout= if it is busy"
+            f"{what}: the server at {s.server} did not answer in time{after} "
+            f"({type(exc).__name__}); raise request_timeout= if it is busy"
         )
-    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)) or not sent:
-        return ServerUnreachable(f"{what}: cannot reach {s.server} ({exc}); {SERVER_HINT}")
-    return ServerUnreachable(
-        f"{what}: the connection to {s.server} broke before the answer ({type(exc).__name__}: "
-        f"{exc}); it was not retried because doing it twice would not be safe"
+    if unsent(exc):
+        return ServerUnreachable(f"{what}: cannot reach {s.server}{after} ({exc}); {SERVER_HINT}")
+    why = (
+        "" if retry is Retry.IDEMPOTENT
+        else "; not retried, because doing it twice would not be safe"
     )
+    return ServerUnreachable(
+        f"{what}: the connection to {s.server} broke before the answer{after} "
+        f"({type(exc).__name__}: {exc}){why}"
+    )
+
+
+def unsent(exc: BaseException) -> bool:
+    """The request never reached the server: safe to send again whatever it is."""
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
 
 
 def json_body(resp_content: bytes, what: str) -> Any:

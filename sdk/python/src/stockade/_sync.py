@@ -21,7 +21,9 @@ from ._common import (
     ExecState,
     Retry,
     Settings,
+    UNSET,
     SSEParser,
+    Unset,
     backoff,
     check_id,
     check_ttl,
@@ -29,6 +31,7 @@ from ._common import (
     create_body,
     describe_cmd,
     exec_body,
+    run_timeout,
     json_body,
     may_retry,
     settings,
@@ -78,7 +81,7 @@ class _Http:
                     time.sleep(backoff(attempt))
                     attempt += 1
                     continue
-                raise transport_error(e, self.s, what, sent=not _unsent(e)) from e
+                raise transport_error(e, self.s, what, retry, attempt + 1) from e
             if resp.status_code >= 400:
                 if attempt < self.s.max_retries and may_retry(retry, None, resp.status_code):
                     time.sleep(backoff(attempt))
@@ -96,7 +99,7 @@ class _Http:
         try:
             resp = self.client.send(req, stream=True)
         except httpx.TransportError as e:
-            raise transport_error(e, self.s, what, sent=not _unsent(e)) from e
+            raise transport_error(e, self.s, what, Retry.NEVER) from e
         if resp.status_code >= 400:
             try:
                 content = resp.read()
@@ -104,10 +107,6 @@ class _Http:
                 resp.close()
             raise error_from_response(resp.status_code, content, Context.EXEC)
         return resp
-
-
-def _unsent(e: httpx.TransportError) -> bool:
-    return isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
 
 
 class _ExecStream:
@@ -128,7 +127,7 @@ class _ExecStream:
                 if ev is not None:
                     return ev
         except httpx.TransportError as e:
-            raise transport_error(e, self._http.s, self._what, sent=True) from e
+            raise transport_error(e, self._http.s, self._what, Retry.NEVER) from e
         return None
 
     def read_until_started(self) -> None:
@@ -601,7 +600,7 @@ class Sandbox:
         background: bool = False,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
-        timeout: float | None = DEFAULT_RUN_TIMEOUT,
+        timeout: float | None | Unset = UNSET,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         stdin: str | None = None,
@@ -618,8 +617,7 @@ class Sandbox:
         :class:`CommandHandle` once the process started (its default timeout is then the
         policy's). ``stdin`` is fed to the process, then end of file.
         """
-        if background and timeout == DEFAULT_RUN_TIMEOUT:
-            timeout = None
+        timeout = run_timeout(timeout, background)
         body = exec_body(cmd, cwd, env, timeout, stdin, tag)
         what = f"run `{describe_cmd(cmd)}`"
         resp = self._http.open_stream(f"/v1/sandboxes/{self.id}/exec", body, what)
