@@ -169,16 +169,33 @@ pub struct ReadOut {
 /// Reads at most `max` bytes of a regular file from `offset`.
 pub async fn read(s: &Session, path: &str, offset: u64, max: u64) -> Result<ReadOut, ToolError> {
     let home = s.home().to_string();
-    let (entry, file) = s.open_read(path).await.map_err(|e| {
-        if let SessionError::Fs { errno, .. } = &e
-            && *errno == libc::EISDIR
-        {
-            return ToolError::new(format!(
-                "{path} is a directory (use list_files to see what is in it)"
-            ));
+    let (entry, file) = match s.open_read(path).await {
+        Ok(x) => x,
+        Err(e) => {
+            // Say what the path is when it is not a regular file (the agent refuses those).
+            if let Ok(FsReply::Entry { entry }) = s
+                .fs(FsOp::Stat {
+                    path: path.to_string(),
+                })
+                .await
+            {
+                match entry.kind {
+                    EntryKind::Dir => {
+                        return Err(ToolError::new(format!(
+                            "{path} is a directory (use list_files to see what is in it)"
+                        )));
+                    }
+                    EntryKind::Other => {
+                        return Err(ToolError::new(format!(
+                            "{path} is not a regular file (a device, FIFO or socket): read_file reads regular files only"
+                        )));
+                    }
+                    EntryKind::File | EntryKind::Symlink => {}
+                }
+            }
+            return Err(fs_error(path, &home, e));
         }
-        fs_error(path, &home, e)
-    })?;
+    };
     let mut f = tokio::fs::File::from_std(file);
     let size = entry.size;
     if offset > 0 {

@@ -138,7 +138,12 @@ async fn authenticate(State(m): State<Arc<McpHttp>>, mut req: Request, next: Nex
     let key = caller.key_id.clone();
     let delete = req.method() == http::Method::DELETE;
     req.extensions_mut().insert(Identity { caller, template });
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
+    if delete && resp.status() == http::StatusCode::ACCEPTED {
+        // The session is closed when the DELETE is answered; MCP clients (the official Python
+        // SDK) expect 200 or 204 for it and log 202 as a failure.
+        *resp.status_mut() = http::StatusCode::NO_CONTENT;
+    }
     if let Some(sid) = resp
         .headers()
         .get("mcp-session-id")

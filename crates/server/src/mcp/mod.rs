@@ -169,6 +169,18 @@ pub fn ok_result(text: String, data: Value) -> CallToolResult {
     r
 }
 
+/// A tool error after the sandbox was resolved: with its note (a new or replaced sandbox).
+pub fn error_with_note(mut e: ToolError, sandbox_id: &str, note: Option<String>) -> CallToolResult {
+    if let Some(n) = note {
+        e.message = format!("{}\n(note: {n})", e.message);
+        if !e.data.is_object() {
+            e.data = json!({});
+        }
+        e.data["note"] = json!(n);
+    }
+    error_result(e, Some(sandbox_id))
+}
+
 /// A tool error (`isError`): the message first, then the structured details.
 pub fn error_result(e: ToolError, sandbox_id: Option<&str>) -> CallToolResult {
     let mut data = match e.data {

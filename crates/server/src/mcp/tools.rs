@@ -5,7 +5,7 @@ use super::exec::{self, CommandRequest};
 use super::files;
 use super::{
     Current, DEFAULT_COMMAND_TIMEOUT, DEFAULT_READ_BYTES, MAX_LIST_ENTRIES, MAX_READ_BYTES,
-    MAX_WRITE_BYTES, StockadeMcp, ToolError, error_result, ok_result,
+    MAX_WRITE_BYTES, StockadeMcp, ToolError, error_result, error_with_note, ok_result,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -272,11 +272,11 @@ impl StockadeMcp {
         };
         let req = match command_request(&c, argv, p.cwd, p.timeout, p.stdin, env_list(p.env)) {
             Ok(r) => r,
-            Err(e) => return error_result(e, Some(c.id())),
+            Err(e) => return error_with_note(e, c.id(), note),
         };
         match exec::run(&c, req, ctx.ct.cancelled()).await {
             Ok(r) => exec::report(&c, r, note, BTreeMap::new()),
-            Err(e) => error_result(e, Some(c.id())),
+            Err(e) => error_with_note(e, c.id(), note),
         }
     }
 
@@ -328,7 +328,7 @@ impl StockadeMcp {
             Ok(r) => r,
             Err(e) => {
                 let _ = s.fs(stockade_runtime::session::FsOp::Remove { path }).await;
-                return error_result(e, Some(c.id()));
+                return error_with_note(e, c.id(), note);
             }
         };
         let r = exec::run(&c, req, ctx.ct.cancelled()).await;
@@ -344,9 +344,9 @@ impl StockadeMcp {
                 e.message = format!(
                     "{interp} is not installed in this sandbox (exit code 127), so {lang} code cannot run here: use another language (python, node or bash), or check what exists with run_command `which python3 node bash`"
                 );
-                error_result(e, Some(c.id()))
+                error_with_note(e, c.id(), note)
             }
-            Err(e) => error_result(e, Some(c.id())),
+            Err(e) => error_with_note(e, c.id(), note),
         }
     }
 
@@ -391,7 +391,7 @@ impl StockadeMcp {
         };
         let path = match files::resolve(c.session().home(), &p.path) {
             Ok(x) => x,
-            Err(e) => return error_result(e, Some(c.id())),
+            Err(e) => return error_with_note(e, c.id(), note),
         };
         match files::write(c.session(), &path, &bytes, true).await {
             Ok(created) => {
@@ -406,7 +406,7 @@ impl StockadeMcp {
                 }
                 ok_result(text, data)
             }
-            Err(e) => error_result(e, Some(c.id())),
+            Err(e) => error_with_note(e, c.id(), note),
         }
     }
 
@@ -431,12 +431,12 @@ impl StockadeMcp {
         };
         let path = match files::resolve(c.session().home(), &p.path) {
             Ok(x) => x,
-            Err(e) => return error_result(e, Some(c.id())),
+            Err(e) => return error_with_note(e, c.id(), note),
         };
         let offset = p.offset.unwrap_or(0);
         let out = match files::read(c.session(), &path, offset, max).await {
             Ok(o) => o,
-            Err(e) => return error_result(e, Some(c.id())),
+            Err(e) => return error_with_note(e, c.id(), note),
         };
         let (encoding, content, used) = files::encode(&out.bytes, out.truncated);
         let truncated = out.truncated || used < out.bytes.len();
@@ -483,11 +483,11 @@ impl StockadeMcp {
         };
         let path = match files::resolve(c.session().home(), p.path.as_deref().unwrap_or("~")) {
             Ok(x) => x,
-            Err(e) => return error_result(e, Some(c.id())),
+            Err(e) => return error_with_note(e, c.id(), note),
         };
         let (mut entries, mut truncated) = match files::list(c.session(), &path, depth).await {
             Ok(x) => x,
-            Err(e) => return error_result(e, Some(c.id())),
+            Err(e) => return error_with_note(e, c.id(), note),
         };
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         if entries.len() > MAX_LIST_ENTRIES {
