@@ -45,8 +45,9 @@ def run(fn, *args):
 
 
 def stdio_state():
-    """A fresh state directory for one `stockade mcp` (run.sh checks it for leftovers)."""
-    base = pathlib.Path(os.environ["MCP_WORK"]) / "stdio"
+    """A fresh state directory for one `stockade mcp` or an extra server (run.sh checks every
+    sandbox under it for leftovers)."""
+    base = pathlib.Path(os.environ["MCP_WORK"]) / "states"
     base.mkdir(exist_ok=True)
     return pathlib.Path(tempfile.mkdtemp(dir=base))
 
@@ -82,18 +83,18 @@ def wait_for(what, check, timeout=15.0, every=0.2):
 # --- HTTP -------------------------------------------------------------------------------------
 
 
-def mcp_url(template=None):
-    url = os.environ["STOCKADE_URL"] + "/mcp"
+def mcp_url(template=None, base=None):
+    url = (base or os.environ["STOCKADE_URL"]) + "/mcp"
     return url + (f"?template={template}" if template else "")
 
 
 @contextlib.asynccontextmanager
-async def http_client(mode="auto", key=None, template=None):
+async def http_client(mode="auto", key=None, template=None, base=None):
     """The SDK's Streamable HTTP transport against `/mcp`, with the API key as a bearer token."""
     key = key or os.environ["STOCKADE_API_KEY"]
     hc = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=120)
     async with hc:
-        async with Client(streamable_http_client(mcp_url(template), http_client=hc), mode=mode) as c:
+        async with Client(streamable_http_client(mcp_url(template, base), http_client=hc), mode=mode) as c:
             yield c
 
 

@@ -102,7 +102,7 @@ fi
 
 leftovers=0
 made=0
-for dir in "$STATE"/sandboxes/*/ "$WORK"/stdio/*/sandboxes/*/; do
+for dir in "$STATE"/sandboxes/*/ "$WORK"/states/*/sandboxes/*/; do
     [[ -d $dir ]] || continue
     id=$(basename "$dir")
     made=$((made + 1))

@@ -6,7 +6,13 @@ tool error with its audit event (next to the allowed control)."""
 
 import json
 import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
 
+import anyio
 from conftest import (
     PROBE,
     TOOLS,
@@ -17,8 +23,10 @@ from conftest import (
     ok,
     run,
     server_events,
+    stdio_state,
     stockade,
     text,
+    trail,
     wait_for,
 )
 
@@ -196,3 +204,55 @@ def test_unknown_template_is_refused():
     assert s == 400 and "no-such-template" in b["error"]["message"], (s, b)
     s, _, b = api("/mcp?tmpl=base", "POST", INIT, headers=ACCEPT)
     assert s == 400 and "unknown query parameter" in b["error"]["message"], (s, b)
+
+
+def test_shutdown_with_an_open_session_closes_it_and_destroys_its_sandbox():
+    """A server of its own, stopped with SIGTERM while an SDK session (and its GET stream) is
+    open: the stream is closed at once (no drain timeout), the session's sandbox destroyed."""
+    state = stdio_state()
+    bin_ = os.environ["STOCKADE_BIN"]
+    key = subprocess.run(
+        [bin_, "--state-dir", str(state), "keys", "create"], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    log = open(state / "server.log", "w")
+    srv = subprocess.Popen([bin_, "--state-dir", str(state), "serve", "--listen", f"127.0.0.1:{port}"], stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for("the server", lambda: _healthy(base))
+
+        async def body():
+            sid = None
+            try:
+                async with http_client(mode="legacy", key=key, base=base) as c:
+                    sid = ok(await c.call_tool("run_command", {"command": "echo up"}))["sandbox_id"]
+                    srv.send_signal(signal.SIGTERM)
+                    t0 = time.monotonic()
+                    while srv.poll() is None and time.monotonic() - t0 < 30:
+                        await anyio.sleep(0.1)
+                    return sid, srv.poll(), time.monotonic() - t0
+            except BaseException:  # the session's end (its DELETE) fails: the server is gone
+                return sid, srv.wait(timeout=30), None
+
+        sid, code, took = run(body)
+        assert code == 0, open(state / "server.log").read()
+        logtext = open(state / "server.log").read()
+        assert "did not close in time" not in logtext, logtext
+        last = trail(state, sid)[-1]
+        assert last["type"] == "sandbox.destroyed" and last["clean"] is True and last["reason"] == "killed", last
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+        log.close()
+
+
+def _healthy(base):
+    try:
+        urllib.request.urlopen(base + "/health", timeout=1)
+        return True
+    except OSError:
+        return False

@@ -5,7 +5,11 @@ sandbox's lifetime (made on first use, fresh after reset, destroyed at end of in
 the idle timeout)."""
 
 import base64
+import json
+import os
 import shutil
+import signal
+import subprocess
 
 import anyio
 
@@ -338,3 +342,43 @@ def test_legacy_handshake_over_stdio():
             assert ok(await c.call_tool("run_command", {"command": "echo legacy"}))["stdout"] == "legacy\n"
 
     run(body)
+
+
+def test_sigterm_destroys_the_sandbox_and_exits_0():
+    """A client that stops the server with SIGTERM (raw JSON-RPC lines on the pipes)."""
+    state = stdio_state()
+    p = subprocess.Popen(
+        [os.environ["STOCKADE_BIN"], "--state-dir", str(state), "mcp"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def call(msg, answer=True):
+            p.stdin.write(json.dumps(msg) + "\n")
+            p.stdin.flush()
+            return json.loads(p.stdout.readline()) if answer else None
+
+        init = call(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
+            }
+        )
+        assert init["result"]["serverInfo"]["name"] == "stockade"
+        call({"jsonrpc": "2.0", "method": "notifications/initialized"}, answer=False)
+        r = call({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "run_command", "arguments": {"command": "echo up"}}})
+        assert r["result"]["structuredContent"]["stdout"] == "up\n", r
+        sid = r["result"]["structuredContent"]["sandbox_id"]
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=30) == 0, p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    last = trail(state, sid)[-1]
+    assert last["type"] == "sandbox.destroyed" and last["clean"] is True, last

@@ -379,6 +379,22 @@ impl StockadeMcp {
         }
     }
 
+    /// Keeps a served sandbox alive for a command of `timeout` (its TTL pushed to at least the
+    /// command's end and a minute).
+    pub fn hold(&self, c: &Current, timeout: Duration) {
+        if let (Backend::Served { svc }, CurrentKind::Served { sb, owner }) =
+            (&self.inner.backend, &c.kind)
+        {
+            let by = (timeout + Duration::from_secs(60)).min(svc.config().max_timeout);
+            let _ = svc.extend(owner, &sb.id, by);
+        }
+    }
+
+    /// True when this handler serves one client for its life (stdio, an HTTP session).
+    pub fn has_session(&self) -> bool {
+        self.session_scoped()
+    }
+
     /// Where the full trail of a sandbox can be read.
     pub fn trail_hint(&self, c: &Current) -> String {
         match &self.inner.backend {

@@ -274,6 +274,7 @@ impl StockadeMcp {
             Ok(r) => r,
             Err(e) => return error_with_note(e, c.id(), note),
         };
+        self.hold(&c, req.timeout);
         match exec::run(&c, req, ctx.ct.cancelled()).await {
             Ok(r) => exec::report(&c, r, note, BTreeMap::new()),
             Err(e) => error_with_note(e, c.id(), note),
@@ -331,6 +332,7 @@ impl StockadeMcp {
                 return error_with_note(e, c.id(), note);
             }
         };
+        self.hold(&c, req.timeout);
         let r = exec::run(&c, req, ctx.ct.cancelled()).await;
         let _ = s.fs(stockade_runtime::session::FsOp::Remove { path }).await;
         match r {
@@ -566,6 +568,14 @@ impl StockadeMcp {
             .min(super::audit::MAX_ITEMS);
         let c = match self.peek(&ctx, p.sandbox_id.as_deref()).await {
             Ok(Some(c)) => c,
+            Ok(None) if !self.has_session() => {
+                return error_result(
+                    ToolError::new(
+                        "this server has no sessions (MCP 2026-07-28 over HTTP): pass the sandbox_id of an earlier result to see its audit trail",
+                    ),
+                    None,
+                );
+            }
             Ok(None) => {
                 let prev = self.previous();
                 return ok_result(
