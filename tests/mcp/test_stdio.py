@@ -382,3 +382,28 @@ def test_sigterm_destroys_the_sandbox_and_exits_0():
             p.wait()
     last = trail(state, sid)[-1]
     assert last["type"] == "sandbox.destroyed" and last["clean"] is True, last
+
+
+def test_memory_limit_kill_is_said_so(tmp_path):
+    policy = tmp_path / "mem.toml"
+    policy.write_text('[limits]\nmemory = "128MiB"\n')
+    hog = "python3 -c 'x = bytearray({n} * 1024 * 1024); print(len(x) // 1048576)'"
+
+    async def body():
+        async with stdio_client(stdio_state(), "--policy", str(policy)) as c:
+            # Control: well under the limit.
+            assert ok(await c.call_tool("run_command", {"command": hog.format(n=16)}))["stdout"] == "16\n"
+            res = await c.call_tool("run_command", {"command": hog.format(n=1024)})
+            msg = err(res)
+            assert msg.startswith("killed by SIGKILL (exit code 137): in this sandbox that is most often its memory limit (limits.memory = 128MiB"), msg
+            assert res.structured_content["exit_code"] == 137
+            # A signal of its own is said as such; the audit summary shows it too.
+            res = await c.call_tool("run_command", {"command": "kill -SEGV $$"})
+            assert err(res).startswith("killed by SIGSEGV (exit code 139)")
+            t = text(await c.call_tool("get_audit", {}))
+            assert "$ /bin/sh -c 'kill -SEGV $$'  -> killed by signal 11" in t, t
+            # A working directory that does not exist.
+            msg = err(await c.call_tool("run_command", {"command": "pwd", "cwd": "/nonexistent"}))
+            assert msg.startswith("could not start the command (exit code 125): cannot enter /nonexistent"), msg
+
+    run(body)

@@ -87,6 +87,7 @@ pub fn summarize(sandbox_id: &str, events: &[Event], items: usize) -> (String, V
                     continue;
                 };
                 let c = &mut commands[i];
+                c["ended"] = json!(true);
                 c["exit_code"] = json!(exit_code);
                 if signal.is_some() {
                     c["signal"] = json!(signal);
@@ -189,12 +190,16 @@ pub fn summarize(sandbox_id: &str, events: &[Event], items: usize) -> (String, V
     t.push_str("commands:\n");
     more(&mut t, c_om);
     for c in &commands {
-        let end = match (&c["exit_code"], &c["signal"], &c["limit"]) {
+        let mut end = match (&c["ended"], &c["exit_code"], &c["signal"]) {
             (Value::Null, _, _) => "running".to_string(),
-            (code, Value::Null, Value::Null) => format!("exit {code}"),
-            (code, sig, Value::Null) => format!("exit {code} (signal {sig})"),
-            (code, _, l) => format!("exit {code} ({} limit)", l.as_str().unwrap_or("")),
+            (_, Value::Null, Value::Null) => "ended".to_string(),
+            (_, Value::Null, sig) => format!("killed by signal {sig}"),
+            (_, code, Value::Null) => format!("exit {code}"),
+            (_, code, sig) => format!("exit {code} (signal {sig})"),
         };
+        if let Some(l) = c["limit"].as_str() {
+            end.push_str(&format!(" ({l} limit)"));
+        }
         let ms = c["duration_ms"]
             .as_u64()
             .map(|m| format!(", {m} ms"))

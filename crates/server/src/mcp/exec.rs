@@ -386,6 +386,9 @@ pub fn report(
         problems.push(format!("limit: {limit}: {detail}"));
     }
     if r.end == ExecEnd::Exited {
+        // SIGKILL that was not this tool's timeout: in a sandbox, most often the memory limit
+        // (the kernel's OOM killer in its cgroup). The top process, or a child through a shell.
+        let killed = r.signal == Some(libc::SIGKILL) || (r.signal.is_none() && r.exit_code == 137);
         if r.exit_code == 127 {
             problems.push(
                 "exit code 127: command not found (a program the command names is not installed in the sandbox or not on its PATH; see stderr). Check the name, or use another tool (sh, python3, ...)".into(),
@@ -394,16 +397,29 @@ pub fn report(
             problems.push(
                 "exit code 126: a program the command names is not executable (see stderr)".into(),
             );
-        } else if let Some(sig) = r.signal {
-            let hint = if sig == libc::SIGKILL && r.limits.iter().any(|(l, _)| l == "memory") {
-                " (the sandbox's memory limit)"
-            } else if sig == libc::SIGKILL {
-                " (killed: possibly the sandbox's memory limit; get_audit shows limit events)"
-            } else {
-                ""
+        } else if killed {
+            let limit = match c.memory {
+                Some(m) => format!("limits.memory = {m}"),
+                None => "limits.memory".into(),
             };
+            let peak = c
+                .session()
+                .usage()
+                .memory_peak_bytes
+                .map(|p| {
+                    format!(
+                        "; the sandbox's memory peak so far: {}",
+                        stockade_policy::ByteSize(p)
+                    )
+                })
+                .unwrap_or_default();
             problems.push(format!(
-                "killed by {}{hint}: exit code {}",
+                "killed by SIGKILL (exit code {}): in this sandbox that is most often its memory limit ({limit}{peak}). Use less memory (process data in chunks, smaller inputs)",
+                r.exit_code
+            ));
+        } else if let Some(sig) = r.signal {
+            problems.push(format!(
+                "killed by {} (exit code {})",
                 signal_name(sig),
                 r.exit_code
             ));
@@ -509,7 +525,9 @@ pub fn exec_error(argv: &[String], e: SessionError) -> ToolError {
             data: json!({ "exit_code": 126 }),
         },
         SessionError::ExecRefused { code, message } => ToolError {
-            message: format!("could not start `{prog}` (exit code {code}): {message}"),
+            message: format!(
+                "could not start the command (exit code {code}): {message}. If it names the working directory, create it first (mkdir -p) or pass another cwd"
+            ),
             data: json!({ "exit_code": code }),
         },
         SessionError::Invalid(m) => ToolError::new(format!("invalid command: {m}")),

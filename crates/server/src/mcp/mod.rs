@@ -121,6 +121,8 @@ pub struct Current {
     pub net: Option<NetInfo>,
     /// The policy's per-process timeout (the cap of a command's `timeout`).
     pub max_timeout: Duration,
+    /// The policy's memory limit, when known (for the message about a killed process).
+    pub memory: Option<stockade_policy::ByteSize>,
 }
 
 #[derive(Clone)]
@@ -472,6 +474,7 @@ impl StockadeMcp {
         let policy = crate::templates::policy_of(svc.store(), &sb.template).ok();
         Ok(Current {
             net: policy.as_ref().map(NetInfo::of),
+            memory: policy.as_ref().map(|p| p.limits.memory),
             max_timeout: policy
                 .map(|p| p.limits.timeout)
                 .unwrap_or(Duration::from_secs(600)),
@@ -515,6 +518,7 @@ impl StockadeMcp {
                 tracing::info!(sandbox_id = %s.id(), "mcp: sandbox started");
                 Ok(Current {
                     net: Some(NetInfo::of(policy)),
+                    memory: Some(policy.limits.memory),
                     max_timeout: policy.limits.timeout,
                     kind: CurrentKind::Local(s),
                 })
@@ -532,6 +536,7 @@ impl StockadeMcp {
                 tracing::info!(sandbox_id = %created.sandbox.id, key = %caller.key_id, "mcp: sandbox started");
                 Ok(Current {
                     net: policy.as_ref().map(NetInfo::of),
+                    memory: policy.as_ref().map(|p| p.limits.memory),
                     max_timeout: policy
                         .map(|p| p.limits.timeout)
                         .unwrap_or(Duration::from_secs(600)),
