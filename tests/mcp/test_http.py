@@ -104,6 +104,22 @@ def test_a_session_belongs_to_the_key_that_opened_it():
     assert s == 204
 
 
+def test_a_revoked_key_is_refused_at_once_in_its_open_session():
+    out = stockade("keys", "create", "--name", "mcp-revoked")
+    key = out.strip().splitlines()[0]
+    key_id = next(r["id"] for r in json.loads(stockade("keys", "ls", "--json")) if r["name"] == "mcp-revoked")
+    s, h, _ = api("/mcp", "POST", INIT, headers=ACCEPT, key=key)
+    assert s == 200
+    sid = {k.lower(): v for k, v in h.items()}["mcp-session-id"]
+    hdr = {**ACCEPT, "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    assert api("/mcp", "POST", {"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=hdr, key=key)[0] == 202
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
+    assert api("/mcp", "POST", listing, headers=hdr, key=key)[0] == 200
+    stockade("keys", "revoke", key_id)
+    s, _, b = api("/mcp", "POST", listing, headers=hdr, key=key)
+    assert s == 401 and b["error"]["code"] == "unauthorized", (s, b)
+
+
 def test_every_tool_in_a_session_and_its_sandbox_ends_with_it():
     async def body():
         async with http_client(mode="legacy") as c:
@@ -159,6 +175,12 @@ def test_without_sessions_sandbox_ids_are_handles():
             # A handle that is not a sandbox of this key: a tool error that says what to do.
             msg = err(await c.call_tool("run_command", {"command": "true", "sandbox_id": "0123456789abcdef"}))
             assert msg.startswith('no sandbox "0123456789abcdef"') and "omit sandbox_id" in msg
+            # Another key cannot use this key's sandbox by its id (nor learn that it exists).
+            other_key = stockade("keys", "create", "--name", "mcp-handles").strip().splitlines()[0]
+            async with http_client(mode="auto", key=other_key) as o:
+                msg = err(await o.call_tool("read_file", {"path": "h.txt", "sandbox_id": sid}))
+                assert msg.startswith(f'no sandbox "{sid}"'), msg
+            assert ok(await c.call_tool("read_file", {"path": "h.txt", "sandbox_id": sid}))["content"] == "handle"
             # reset by handle.
             r = ok(await c.call_tool("reset_sandbox", {"sandbox_id": sid}))
             assert r["destroyed"] == sid
