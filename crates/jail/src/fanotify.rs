@@ -5,12 +5,21 @@
 //! Marks are inode marks: a file marked on the host is reported however the sandbox reaches it
 //! (bind mount, same inode). A marked directory reports opens of its direct children only.
 //! Events carry the opener's host pid; the caller attributes them to its sandbox.
+//!
+//! Where the kernel offers permission events (FAN_CLASS_CONTENT, FAN_OPEN_PERM), the opener
+//! waits in open(2) until the event is answered (always "allow"), so its uid is read from /proc
+//! while it is certainly alive: a short-lived reader (`cat .env`) is attributed exactly instead
+//! of being missed once it has exited. Otherwise plain notifications (FAN_OPEN) are used and an
+//! opener that exits before it is looked at cannot be attributed.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 const FAN_CLASS_NOTIF: u32 = 0;
+const FAN_CLASS_CONTENT: u32 = 0x4;
+const FAN_OPEN_PERM: u64 = 0x0001_0000;
+const FAN_ALLOW: u32 = 0x01;
 const FAN_CLOEXEC: u32 = 0x1;
 const FAN_NONBLOCK: u32 = 0x2;
 const FAN_MARK_ADD: u32 = 0x1;
@@ -22,6 +31,8 @@ const META_LEN: usize = 24;
 
 pub struct Watcher {
     fd: OwnedFd,
+    /// Permission events: each open waits for our answer.
+    perm: bool,
 }
 
 /// One open of a watched file.
@@ -29,15 +40,42 @@ pub struct Watcher {
 pub struct Open {
     pub pid: i32,
     pub path: PathBuf,
+    /// The opener's real uid, read while it waited in open(2) (permission events only).
+    pub uid: Option<u32>,
+}
+
+/// The real uid of a process, from /proc.
+pub fn uid_of(pid: i32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 impl Watcher {
-    /// Watches opens of each path (files, or the direct children of directories).
+    /// Watches opens of each path (files, or the direct children of directories): with
+    /// permission events where the kernel has them, else plain notifications.
     pub fn new(paths: &[PathBuf]) -> io::Result<Watcher> {
+        match Watcher::with_class(paths, true) {
+            Ok(w) => Ok(w),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Watcher::with_class(paths, false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn with_class(paths: &[PathBuf], perm: bool) -> io::Result<Watcher> {
+        let class = if perm {
+            FAN_CLASS_CONTENT
+        } else {
+            FAN_CLASS_NOTIF
+        };
         // SAFETY: fanotify_init takes integers and returns a new descriptor we own.
         let fd = unsafe {
             libc::fanotify_init(
-                FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK,
+                class | FAN_CLOEXEC | FAN_NONBLOCK,
                 (libc::O_RDONLY | libc::O_LARGEFILE) as u32,
             )
         };
@@ -46,13 +84,14 @@ impl Watcher {
         }
         // SAFETY: `fd` is a fresh descriptor owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let w = Watcher { fd };
+        let w = Watcher { fd, perm };
+        let open = if perm { FAN_OPEN_PERM } else { FAN_OPEN };
         for p in paths {
             let c = crate::sys::cstr(p)?;
             let mask = if p.is_dir() {
-                FAN_OPEN | FAN_EVENT_ON_CHILD
+                open | FAN_EVENT_ON_CHILD
             } else {
-                FAN_OPEN
+                open
             };
             // SAFETY: `c` is a NUL-terminated path that outlives the call; the fanotify fd is ours.
             let r = unsafe {
@@ -90,15 +129,21 @@ impl Watcher {
             while off + META_LEN <= n {
                 let rd = |a: usize, b: usize| &buf[off + a..off + b];
                 let event_len = u32::from_ne_bytes(rd(0, 4).try_into().unwrap_or([0; 4])) as usize;
+                let mask = u64::from_ne_bytes(rd(8, 16).try_into().unwrap_or([0; 8]));
                 let fd = i32::from_ne_bytes(rd(16, 20).try_into().unwrap_or([0; 4]));
                 let pid = i32::from_ne_bytes(rd(20, 24).try_into().unwrap_or([0; 4]));
                 if fd >= 0 {
                     // SAFETY: the kernel gave us this descriptor with the event; we own and close it.
                     let file = unsafe { OwnedFd::from_raw_fd(fd) };
+                    // The opener is blocked in open(2) until answered: it is alive now.
+                    let uid = if self.perm { uid_of(pid) } else { None };
+                    if self.perm && mask & FAN_OPEN_PERM != 0 {
+                        self.allow(&file);
+                    }
                     if let Ok(path) =
                         std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
                     {
-                        out.push(Open { pid, path });
+                        out.push(Open { pid, path, uid });
                     }
                 }
                 if event_len < META_LEN {
@@ -107,6 +152,18 @@ impl Watcher {
                 off += event_len;
             }
         }
+    }
+}
+
+impl Watcher {
+    /// Answers a permission event: always allow (the watcher observes, it never refuses).
+    fn allow(&self, file: &OwnedFd) {
+        // struct fanotify_response { __s32 fd; __u32 response; }
+        let mut resp = [0u8; 8];
+        resp[..4].copy_from_slice(&file.as_raw_fd().to_ne_bytes());
+        resp[4..].copy_from_slice(&FAN_ALLOW.to_ne_bytes());
+        // SAFETY: writing an 8-byte response from a stack buffer to our own fanotify descriptor.
+        unsafe { libc::write(self.fd.as_raw_fd(), resp.as_ptr().cast(), resp.len()) };
     }
 }
 
@@ -153,10 +210,25 @@ mod tests {
             w.drain().is_empty(),
             "an unmarked file must not be reported"
         );
-        let _ = std::fs::read(&secret).unwrap();
-        let got = w.drain();
+        // With permission events the open waits for our answer: open from another thread.
+        let s2 = secret.clone();
+        let reader = std::thread::spawn(move || std::fs::read(&s2).unwrap());
+        let mut got = Vec::new();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while got.is_empty() && std::time::Instant::now() < until {
+            got = w.drain();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(reader.join().unwrap(), b"K=V", "the open was allowed");
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].path, secret);
         assert_eq!(got[0].pid, std::process::id() as i32);
+        if w.perm {
+            assert_eq!(
+                got[0].uid,
+                Some(0),
+                "the opener's uid, read while it waited"
+            );
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! `file.read` events for the paths the policy marks sensitive (`audit.sensitive`), from
 //! fanotify (root only). An open is attributed to this sandbox when the opener runs as the
-//! sandbox's own host uid (root-launched sandboxes have one each), read from /proc at once; an
-//! opener that exited before it could be checked is not attributed (documented limitation).
+//! sandbox's own host uid (root-launched sandboxes have one each), read from /proc while the
+//! opener waits for the permission event's answer (see `stockade_jail::fanotify`); on kernels
+//! without permission events, an opener that exited before it could be checked is not
+//! attributed (documented limitation).
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -21,16 +23,6 @@ impl Watch {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.handle.join();
     }
-}
-
-fn uid_of(pid: i32) -> Option<u32> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("Uid:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// Starts watching; Err with the reason when fanotify is not available to this process.
@@ -56,7 +48,8 @@ pub fn watch(
             // SAFETY: one valid pollfd on this frame for the duration of the call.
             unsafe { libc::poll(&mut pfd, 1, 20) };
             for open in w.drain() {
-                if uid_of(open.pid) != Some(host_uid) {
+                let uid = open.uid.or_else(|| fanotify::uid_of(open.pid));
+                if uid != Some(host_uid) {
                     continue;
                 }
                 let path = relative(&ws, &open.path);
