@@ -284,9 +284,18 @@ fn events(state: &Path, id: &str) -> Vec<Event> {
     log.events
 }
 
-/// The last event of the sandbox's trail is `sandbox.destroyed` with `reason`.
+/// The last event of the sandbox's trail is `sandbox.destroyed` with `reason`. A kill answers
+/// once every process is dead and finishes the verified teardown (and this event) right after,
+/// in the background: waited for here, at most 10 s.
 fn assert_destroyed(state: &Path, id: &str, reason: DestroyReason) -> Vec<Event> {
-    let ev = events(state, id);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut ev = events(state, id);
+    while !matches!(ev.last().map(|e| &e.kind), Some(EventKind::SandboxDestroyed { .. }))
+        && std::time::Instant::now() < until
+    {
+        std::thread::sleep(Duration::from_millis(20));
+        ev = events(state, id);
+    }
     match ev.last().map(|e| &e.kind) {
         Some(EventKind::SandboxDestroyed { reason: r, .. }) => {
             assert_eq!(*r, reason, "{id}: destroy reason")
@@ -548,7 +557,13 @@ fn create_list_get_kill_and_owner_isolation() {
     let k2 = srv.req("DELETE", &format!("/v1/sandboxes/{id}"), &a, None);
     assert_eq!(k2.status, 404);
     assert_destroyed(dir.path(), &id, DestroyReason::Killed);
-    let r = row(dir.path(), &id);
+    // The row is marked right after the trail is closed (the teardown's last step).
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut r = row(dir.path(), &id);
+    while r.state != RowState::Destroyed && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+        r = row(dir.path(), &id);
+    }
     assert_eq!(
         (r.state, r.reason.as_deref()),
         (RowState::Destroyed, Some("killed"))

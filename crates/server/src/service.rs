@@ -451,11 +451,32 @@ impl Service {
     }
 
     /// Destroys the sandbox (reason `killed`) and waits until it is gone.
-    pub async fn kill(&self, owner: &Caller, id: &str) -> Result<(), ApiError> {
-        let _busy = self.busy.enter();
+    ///
+    /// The answer comes once every process of the sandbox is dead (the agent killed and reaped
+    /// them all; if it does not confirm within 3 s its launcher is killed, which takes PID 1
+    /// and the whole PID namespace with it). The verified teardown (launcher reaped, cgroup
+    /// removed, `sandbox.destroyed` synced, row marked) then finishes in the background;
+    /// graceful shutdown waits for it.
+    pub async fn kill(self: &Arc<Self>, owner: &Caller, id: &str) -> Result<(), ApiError> {
+        let busy = self.busy.enter();
         self.get(owner, id)?;
         let sb = self.take(id).ok_or_else(|| ApiError::no_sandbox(id))?;
-        self.end(sb, DestroyReason::Killed).await;
+        let s = sb.session.clone();
+        let stopped = tokio::task::spawn_blocking(move || s.stop())
+            .await
+            .unwrap_or(false);
+        if !stopped {
+            // Not confirmed: tear it down before answering (destroy kills the launcher).
+            self.end(sb, DestroyReason::Killed).await;
+            return Ok(());
+        }
+        // Nothing of it runs any more: its place is free now.
+        self.release(&sb.owner);
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let _busy = busy;
+            svc.end_row(sb.session.clone(), DestroyReason::Killed).await;
+        });
         Ok(())
     }
 

@@ -108,10 +108,20 @@ class Server:
             status, raw = e.code, e.read()
         return status, (json.loads(raw) if raw else None)
 
-    def trail(self, sandbox_id: str) -> list[dict[str, Any]]:
-        """A sandbox's audit trail read from the state directory (works after it is gone)."""
+    def trail(self, sandbox_id: str, closed: bool = True) -> list[dict[str, Any]]:
+        """A sandbox's audit trail read from the state directory (works after it is gone).
+
+        A kill answers once every process of the sandbox is dead; the verified teardown that
+        writes `sandbox.destroyed` finishes right after, in the background. With `closed`,
+        wait (at most 10 s) until the trail ends with it."""
         p = self.state / "sandboxes" / sandbox_id / "events.jsonl"
-        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        until = time.monotonic() + 10
+        while True:
+            events = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+            done = bool(events) and events[-1]["type"] == "sandbox.destroyed"
+            if not closed or done or time.monotonic() > until:
+                return events
+            time.sleep(0.02)
 
     def stop_and_check(self) -> None:
         """Nothing may still run; SIGTERM → exit 0; every trail ends with a clean destroy."""

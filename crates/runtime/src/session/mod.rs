@@ -579,8 +579,10 @@ impl Session {
             if let Some(uid) = plan.idmap_host_uid {
                 violations = a.watch_violations(uid, "session");
             }
-            // The start is durable before anyone is told the sandbox exists.
-            if let Err(e) = a.finish() {
+            // The start is on record before anyone is told the sandbox exists: each event is one
+            // write(2) to the log (so a killed server loses none); the log is fdatasync'ed when
+            // the sandbox is destroyed, not here, which keeps a disk flush off the create path.
+            if let Some(e) = a.take_error() {
                 kill_child(&mut child);
                 return Err(cleanup(cg, &audit, RunError::Audit(e)));
             }
@@ -980,6 +982,32 @@ impl Session {
         if let Some(a) = &self.inner.audit {
             a.emit(None, kind);
         }
+    }
+
+    /// Stops every process of the sandbox and waits (at most 3 s) until its agent reports them
+    /// all killed and reaped (blocking). The sandbox can do nothing more; [`Session::destroy`]
+    /// still has to tear it down and close its trail. True when the agent confirmed the end.
+    pub fn stop(&self) -> bool {
+        let inner = &self.inner;
+        if inner.state.lock().map(|s| s.alive).unwrap_or(false) {
+            let _ = inner.send(&SupervisorMsg::Stop);
+        }
+        let (lock, cv) = &inner.ended;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let Ok(mut g) = lock.lock() else {
+            return false;
+        };
+        while g.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            g = match cv.wait_timeout(g, left) {
+                Ok((g, _)) => g,
+                Err(_) => return false,
+            };
+        }
+        true
     }
 
     /// Stops every process, tears the sandbox down, verifies it, records `sandbox.destroyed`
