@@ -290,8 +290,10 @@ fn events(state: &Path, id: &str) -> Vec<Event> {
 fn assert_destroyed(state: &Path, id: &str, reason: DestroyReason) -> Vec<Event> {
     let until = std::time::Instant::now() + Duration::from_secs(10);
     let mut ev = events(state, id);
-    while !matches!(ev.last().map(|e| &e.kind), Some(EventKind::SandboxDestroyed { .. }))
-        && std::time::Instant::now() < until
+    while !matches!(
+        ev.last().map(|e| &e.kind),
+        Some(EventKind::SandboxDestroyed { .. })
+    ) && std::time::Instant::now() < until
     {
         std::thread::sleep(Duration::from_millis(20));
         ev = events(state, id);
