@@ -254,6 +254,43 @@ pub(crate) fn cstring(s: &[u8]) -> Result<CString, (i32, String)> {
     })
 }
 
+/// argv and envp as C strings with the NULL-terminated pointer arrays execve takes. The
+/// pointers point into the strings' own heap buffers, which this value keeps alive: hold it
+/// until the exec (or the fork that copies it) is done.
+pub(crate) struct ExecArgs {
+    _argv: Vec<CString>,
+    _envp: Vec<CString>,
+    pub(crate) argv_p: Vec<*const libc::c_char>,
+    pub(crate) envp_p: Vec<*const libc::c_char>,
+}
+
+impl ExecArgs {
+    /// 126 with a message when an argument or a variable holds a NUL byte.
+    pub(crate) fn new(
+        argv: &[String],
+        env: &[(String, String)],
+    ) -> Result<ExecArgs, (i32, String)> {
+        let argv: Vec<CString> = argv
+            .iter()
+            .map(|a| cstring(a.as_bytes()))
+            .collect::<Result<_, _>>()?;
+        let envp: Vec<CString> = env
+            .iter()
+            .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
+            .collect::<Result<_, _>>()?;
+        let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_p.push(std::ptr::null());
+        let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
+        envp_p.push(std::ptr::null());
+        Ok(ExecArgs {
+            _argv: argv,
+            _envp: envp,
+            argv_p,
+            envp_p,
+        })
+    }
+}
+
 /// Forks and execs the command in its own session. Reports exec failures through a CLOEXEC pipe.
 fn spawn(plan: &SandboxPlan) -> Result<i32, (i32, String)> {
     let argv0 = plan
@@ -267,20 +304,8 @@ fn spawn(plan: &SandboxPlan) -> Result<i32, (i32, String)> {
         .map_or("/usr/bin:/bin", |(_, v)| v.as_str());
     let exe = resolve(argv0, path_var)?;
     let exe_c = cstring(exe.as_os_str().as_bytes())?;
-    let argv: Vec<CString> = plan
-        .argv
-        .iter()
-        .map(|a| cstring(a.as_bytes()))
-        .collect::<Result<_, _>>()?;
-    let envp: Vec<CString> = plan
-        .env
-        .iter()
-        .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
-        .collect::<Result<_, _>>()?;
-    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-    argv_p.push(std::ptr::null());
-    let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
-    envp_p.push(std::ptr::null());
+    let args = ExecArgs::new(&plan.argv, &plan.env)?;
+    let (argv_p, envp_p) = (&args.argv_p, &args.envp_p);
     let mut fds = [0; 2];
     // SAFETY: `fds` is a valid out-array of two ints.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {

@@ -298,20 +298,9 @@ fn spawn(req: &ExecRequest) -> Result<(i32, Vec<OwnedFd>), Refusal> {
     let exe_c = cstring(exe.as_os_str().as_bytes())?;
     let cwd_c = CString::new(req.cwd.as_bytes())
         .map_err(|_| (125, "the working directory contains a NUL byte".to_string()))?;
-    let argv: Vec<CString> = req
-        .argv
-        .iter()
-        .map(|a| cstring(a.as_bytes()))
-        .collect::<Result<_, _>>()?;
-    let envp: Vec<CString> = req
-        .env
-        .iter()
-        .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
-        .collect::<Result<_, _>>()?;
-    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-    argv_p.push(std::ptr::null());
-    let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
-    envp_p.push(std::ptr::null());
+    // A NUL byte in a request is a bad request (125), not an unrunnable command.
+    let args = crate::pid1::ExecArgs::new(&req.argv, &req.env).map_err(|(_, m)| (125, m))?;
+    let (argv_p, envp_p) = (&args.argv_p, &args.envp_p);
 
     // The child's 0/1/2 and the supervisor's ends, all close-on-exec here.
     let pipe = || rustix::pipe::pipe_with(PipeFlags::CLOEXEC).map_err(|e| other("pipe", e));
