@@ -114,6 +114,36 @@ pub(crate) fn host_facts(workspace: PathBuf) -> HostFacts {
     }
 }
 
+/// The sandbox's cgroup with the policy's limits (stale ones of dead sandboxes swept first).
+/// Without a writable cgroup: an error, or with weaker isolation allowed, None and a notice.
+pub(crate) fn make_cgroup(
+    policy: &Policy,
+    id: &str,
+    notices: &mut Vec<String>,
+) -> Result<Option<Cgroup>, RunError> {
+    let limits = Limits {
+        memory_bytes: Some(policy.limits.memory.0),
+        swap_bytes: Some(policy.limits.swap.0),
+        cpus: Some(policy.limits.cpus),
+        pids: Some(policy.limits.pids),
+    };
+    match Layout::discover().and_then(|layout| {
+        cgroup::sweep_stale(&layout, Duration::from_secs(60));
+        Cgroup::create(&layout, id, &limits)
+    }) {
+        Ok(cg) => Ok(Some(cg)),
+        Err(e) if policy.security.allow_weaker_isolation => {
+            notices.push(format!(
+                "weaker isolation: no cgroup limits (memory, cpu, pids): {e}"
+            ));
+            Ok(None)
+        }
+        Err(e) => Err(RunError::Unsupported(format!(
+            "{e}; the memory, cpu and pids limits need a writable cgroup (use --allow-weaker-isolation to run without them)"
+        ))),
+    }
+}
+
 /// Runs `argv` in a fresh container-level sandbox under `policy` (already validated).
 pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<RunReport, RunError> {
     if argv.is_empty() {
@@ -186,30 +216,8 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
             None
         }
     };
-    let limits = Limits {
-        memory_bytes: Some(policy.limits.memory.0),
-        swap_bytes: Some(policy.limits.swap.0),
-        cpus: Some(policy.limits.cpus),
-        pids: Some(policy.limits.pids),
-    };
     tracing::debug!("phase: checks done");
-    let cg = match Layout::discover().and_then(|layout| {
-        cgroup::sweep_stale(&layout, Duration::from_secs(60));
-        Cgroup::create(&layout, &id, &limits)
-    }) {
-        Ok(cg) => Some(cg),
-        Err(e) if allow_weaker => {
-            notices.push(format!(
-                "weaker isolation: no cgroup limits (memory, cpu, pids): {e}"
-            ));
-            None
-        }
-        Err(e) => {
-            return Err(RunError::Unsupported(format!(
-                "{e}; the memory, cpu and pids limits need a writable cgroup (use --allow-weaker-isolation to run without them)"
-            )));
-        }
-    };
+    let cg = make_cgroup(policy, &id, &mut notices)?;
     let secrets = crate::secrets::prepare(policy, &id)?;
     let extras = Extras {
         id: id.clone(),

@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 use stockade_agent::protocol::{AgentMsg, ExecRequest, FdFrameReader, SupervisorMsg, write_frame};
 use stockade_audit::{DestroyReason, EventKind, Limit};
-use stockade_jail::cgroup::{self, Cgroup, Layout, Limits};
+use stockade_jail::cgroup::Cgroup;
 use stockade_jail::seccomp::SeccompProgram;
 use stockade_policy::{Policy, WorkspaceMode};
 use tokio::io::unix::AsyncFd;
@@ -409,31 +409,9 @@ impl Session {
             }
             e
         };
-        let limits = Limits {
-            memory_bytes: Some(policy.limits.memory.0),
-            swap_bytes: Some(policy.limits.swap.0),
-            cpus: Some(policy.limits.cpus),
-            pids: Some(policy.limits.pids),
-        };
-        let cg = match Layout::discover().and_then(|layout| {
-            cgroup::sweep_stale(&layout, Duration::from_secs(60));
-            Cgroup::create(&layout, &id, &limits)
-        }) {
-            Ok(cg) => Some(cg),
-            Err(e) if allow_weaker => {
-                weakenings.push(format!(
-                    "weaker isolation: no cgroup limits (memory, cpu, pids): {e}"
-                ));
-                None
-            }
-            Err(e) => {
-                return Err(fail(
-                    &audit,
-                    RunError::Unsupported(format!(
-                        "{e}; the memory, cpu and pids limits need a writable cgroup"
-                    )),
-                ));
-            }
+        let cg = match crate::container::make_cgroup(policy, &id, &mut weakenings) {
+            Ok(cg) => cg,
+            Err(e) => return Err(fail(&audit, e)),
         };
         // Any error from here removes the cgroup too.
         let cleanup = |cg: Option<Cgroup>, audit: &Option<Arc<Audit>>, e: RunError| -> RunError {
