@@ -116,6 +116,16 @@ impl Config {
         if self.max_per_key == 0 || self.max_sandboxes == 0 {
             return Err("--max-sandboxes and --max-per-key must be at least 1".into());
         }
+        // Debug mode has no authentication (the SDK sends no token there): it is served on a
+        // loopback address or not at all.
+        if let Some(a) = self.e2b_debug_listen
+            && !a.ip().is_loopback()
+        {
+            return Err(format!(
+                "--e2b-debug-listen {a}: the E2B debug listener has no authentication, so it only \
+                 listens on a loopback address (e.g. 127.0.0.1:49983)"
+            ));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for p in &self.pools {
             if !seen.insert((&p.template, &p.user)) {
@@ -128,6 +138,18 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_debug_listener_is_loopback_only() {
+        let mut c = super::Config {
+            e2b_debug_listen: Some("0.0.0.0:49983".parse().unwrap()),
+            ..super::Config::default()
+        };
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("loopback"), "{e}");
+        c.e2b_debug_listen = Some("127.0.0.1:49983".parse().unwrap());
+        assert_eq!(c.validate(), Ok(()));
+    }
+
     use super::*;
 
     #[test]
