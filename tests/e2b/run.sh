@@ -16,6 +16,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=../lib/leftovers.sh
+source "$ROOT/tests/lib/leftovers.sh"
 BIN=${STOCKADE_BIN:-$ROOT/target/debug/stockade}
 VENV=${E2B_VENV:-$ROOT/target/e2b-venv}
 E2B_VERSION=2.63.0
@@ -101,28 +103,8 @@ if [[ $server_status != 0 ]]; then
     fail "stockade serve exited with status $server_status after SIGTERM"
 fi
 
-leftovers=0
-made=0
-if [[ -d $STATE/sandboxes ]]; then
-    for dir in "$STATE"/sandboxes/*/; do
-        id=$(basename "$dir")
-        made=$((made + 1))
-        last=$(grep '"sandbox.destroyed"' "$dir/events.jsonl" 2>/dev/null | tail -n1 || true)
-        if [[ -z $last ]] || ! grep -q '"clean":true' <<<"$last"; then
-            echo "leftover: sandbox $id has no clean sandbox.destroyed event: ${last:-none}" >&2
-            leftovers=$((leftovers + 1))
-        fi
-        if [[ -n $(find /sys/fs/cgroup -maxdepth 4 -type d -name "*$id*" 2>/dev/null) ]]; then
-            echo "leftover: cgroup of sandbox $id still exists" >&2
-            leftovers=$((leftovers + 1))
-        fi
-    done
-fi
-echo "tests/e2b/run.sh: $made sandboxes made, $leftovers leftovers after shutdown"
-if [[ $leftovers != 0 ]]; then
-    tail -n 50 "$LOG" >&2
-    fail "stockade serve left sandboxes behind"
-fi
+check_leftovers tests/e2b/run.sh "$LOG" "$STATE"/sandboxes/*/
+made=$MADE
 if [[ $made == 0 && $status == 0 ]]; then
     fail "no sandbox was made: the tests did not run"
 fi

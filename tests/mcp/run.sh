@@ -17,6 +17,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=../lib/leftovers.sh
+source "$ROOT/tests/lib/leftovers.sh"
 BIN=${STOCKADE_BIN:-$ROOT/target/debug/stockade}
 VENV=${MCP_VENV:-$ROOT/target/mcp-venv}
 MCP_VERSION=2.3.0
@@ -100,27 +102,8 @@ if [[ $server_status != 0 ]]; then
     fail "stockade serve exited with status $server_status after SIGTERM"
 fi
 
-leftovers=0
-made=0
-for dir in "$STATE"/sandboxes/*/ "$WORK"/states/*/sandboxes/*/; do
-    [[ -d $dir ]] || continue
-    id=$(basename "$dir")
-    made=$((made + 1))
-    last=$(grep '"sandbox.destroyed"' "$dir/events.jsonl" 2>/dev/null | tail -n1 || true)
-    if [[ -z $last ]] || ! grep -q '"clean":true' <<<"$last"; then
-        echo "leftover: sandbox $id ($dir) has no clean sandbox.destroyed event: ${last:-none}" >&2
-        leftovers=$((leftovers + 1))
-    fi
-    if [[ -n $(find /sys/fs/cgroup -maxdepth 4 -type d -name "*$id*" 2>/dev/null) ]]; then
-        echo "leftover: cgroup of sandbox $id still exists" >&2
-        leftovers=$((leftovers + 1))
-    fi
-done
-echo "tests/mcp/run.sh: $made sandboxes made, $leftovers leftovers"
-if [[ $leftovers != 0 ]]; then
-    tail -n 50 "$LOG" >&2
-    fail "sandboxes were left behind"
-fi
+check_leftovers tests/mcp/run.sh "$LOG" "$STATE"/sandboxes/*/ "$WORK"/states/*/sandboxes/*/
+made=$MADE
 if [[ $made == 0 && $status == 0 ]]; then
     fail "no sandbox was made: the tests did not run"
 fi
