@@ -155,4 +155,44 @@ pub struct SandboxPlan {
     /// of `argv` once.
     #[serde(default)]
     pub session: bool,
+    /// The stronger levels: what `__vmm` needs to start the backend (gVisor or a microVM) that
+    /// this plan then runs in. None for the container level. Removed before the plan goes inside.
+    #[serde(default)]
+    pub backend: Option<BackendSpec>,
+}
+
+/// Which runtime carries a sandbox above the container level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendLevel {
+    Gvisor,
+    Microvm,
+}
+
+/// How a microVM's CPU is provided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    /// QEMU's TCG software emulation (no hardware virtualization): same walls, much slower.
+    Tcg,
+}
+
+/// Everything `__vmm` needs besides the plan itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendSpec {
+    pub level: BackendLevel,
+    /// The static guest binary (`stockade-guest`), the only binary of ours inside.
+    pub guest_bin: PathBuf,
+    /// A fresh host directory for this sandbox's backend files (OCI bundle, VM view); removed at the end.
+    pub work_dir: PathBuf,
+    /// Guest memory (microvm) in bytes.
+    pub memory: u64,
+    /// vCPUs (microvm).
+    pub cpus: u32,
+    /// microvm only.
+    pub accel: Option<Accel>,
+    /// gvisor only: the runsc binary and the platform that works here.
+    pub runsc: Option<PathBuf>,
+    pub platform: Option<String>,
 }

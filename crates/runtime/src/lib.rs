@@ -5,11 +5,14 @@
 //! is reaped. Tested by unit tests of the pure plan and end to end through the binary.
 
 pub mod audit;
+pub mod backend;
 pub mod container;
 pub mod egress;
 pub mod error;
 pub mod git;
+pub mod gvisor;
 pub mod kmsg;
+pub mod microvm;
 pub mod plan;
 pub mod reads;
 pub mod relay;

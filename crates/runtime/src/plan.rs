@@ -610,6 +610,7 @@ pub fn build_as(
         seccomp: extras.seccomp,
         egress,
         session: false,
+        backend: None,
     }
 }
 
