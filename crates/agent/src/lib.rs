@@ -14,4 +14,5 @@ pub mod net;
 pub mod pid1;
 pub mod protocol;
 pub mod session;
+pub mod tunnel;
 pub mod watch;
