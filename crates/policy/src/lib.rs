@@ -15,7 +15,8 @@
 //!   checked per value. Every error from a file carries the file name, 1-based line and column of
 //!   the offending key or value, and the dotted key path; all problems are reported together
 //!   (a TOML syntax error stops early, as nothing after it is reliable).
-//! - **Fail closed.** Unimplemented levels (`gvisor`, `microvm`) parse but fail validation;
+//! - **Fail closed.** A stated `level` weaker than the stated `trust` allows is an error (which
+//!   level the host can give is the runtime's question: `stockade_runtime::levels::resolve`);
 //!   turning off seccomp or Landlock is an error unless `allow_weaker_isolation`
 //!   (`--allow-weaker-isolation`) is set; `network.mode = "open"` is an error unless `allow_open`
 //!   (`--allow-open-network`) is set; secret `/etc` entries are refused.
@@ -65,7 +66,7 @@ pub use duration::{format_duration, parse_duration};
 pub use error::{PolicyError, PolicyErrors};
 pub use model::{
     Audit, Filesystem, Level, Limits, Mount, MountMode, Network, NetworkMode, Policy, Process,
-    Secret, SecretPlace, Security, Workspace, WorkspaceMode,
+    Secret, SecretPlace, Security, Trust, Workspace, WorkspaceMode,
 };
 pub use overrides::{FLAGS, Overrides, SecretSource};
 pub use show::describe_defaults;

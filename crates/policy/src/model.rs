@@ -14,13 +14,20 @@ use serde::{Deserialize, Serialize};
 use crate::size::ByteSize;
 
 /// The complete sandbox policy. See the crate docs for the file format.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// Serialized by hand (see the `Serialize` impl below) so that `level` and `trust` keep the
+/// digests of policies written before trust levels existed.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
     /// Format version; only `1` is accepted.
     pub version: u32,
-    /// Isolation level (backend).
-    pub level: Level,
+    /// Isolation level (backend) as stated. `None`: not stated — the trust level picks one
+    /// (`stockade_runtime::levels::resolve`), or `container` when no trust level is stated either.
+    pub level: Option<Level>,
+    /// The threat model: who wrote the code that runs. `None`: not stated (the level is used as
+    /// given). See [`Trust`].
+    pub trust: Option<Trust>,
     pub workspace: Workspace,
     pub filesystem: Filesystem,
     pub process: Process,
@@ -39,7 +46,8 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             version: 1,
-            level: Level::Container,
+            level: None,
+            trust: None,
             workspace: Workspace::default(),
             filesystem: Filesystem::default(),
             process: Process::default(),
@@ -52,17 +60,57 @@ impl Default for Policy {
     }
 }
 
-/// Isolation level. Only `Container` is implemented; the others parse and fail validation.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+impl Serialize for Policy {
+    /// Fields in declaration order. `level` is written as `"container"` when it is not stated
+    /// and no trust level is either (the meaning it always had, and the digest it always had);
+    /// left out when a trust level picks it. `trust`, `secrets` and the new `security` keys are
+    /// left out at their defaults, so the digests of older policies do not change.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Policy", 11)?;
+        st.serialize_field("version", &self.version)?;
+        match (self.level, self.trust) {
+            (Some(l), _) => st.serialize_field("level", &l)?,
+            (None, None) => st.serialize_field("level", &Level::Container)?,
+            (None, Some(_)) => st.skip_field("level")?,
+        }
+        match self.trust {
+            Some(t) => st.serialize_field("trust", &t)?,
+            None => st.skip_field("trust")?,
+        }
+        st.serialize_field("workspace", &self.workspace)?;
+        st.serialize_field("filesystem", &self.filesystem)?;
+        st.serialize_field("process", &self.process)?;
+        st.serialize_field("limits", &self.limits)?;
+        st.serialize_field("security", &self.security)?;
+        st.serialize_field("network", &self.network)?;
+        st.serialize_field("audit", &self.audit)?;
+        if self.secrets.is_empty() {
+            st.skip_field("secrets")?;
+        } else {
+            st.serialize_field("secrets", &self.secrets)?;
+        }
+        st.end()
+    }
+}
+
+/// Isolation level (backend), weakest first: the order is the strength order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
+    /// Linux namespaces, seccomp, Landlock, cgroups: the host kernel is shared.
     #[default]
     Container,
+    /// The system's `runsc`: a user-space kernel between the code and the host's.
     Gvisor,
+    /// A VMM (QEMU `-M microvm`) with its own guest kernel.
     Microvm,
 }
 
 impl Level {
+    /// Every level, weakest first.
+    pub const ALL: [Level; 3] = [Level::Container, Level::Gvisor, Level::Microvm];
+
     /// The name used in policy files.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -70,6 +118,81 @@ impl Level {
             Level::Gvisor => "gvisor",
             Level::Microvm => "microvm",
         }
+    }
+}
+
+impl std::str::FromStr for Level {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Level::ALL
+            .into_iter()
+            .find(|l| l.as_str() == s)
+            .ok_or_else(|| format!("unknown level {s:?}; use container, gvisor or microvm"))
+    }
+}
+
+/// Who wrote the code the sandbox runs, and so which levels may run it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trust {
+    /// Your own code and templates: `container` or stronger.
+    Trusted,
+    /// Code from inside your organisation: `gvisor` or stronger.
+    Internal,
+    /// Code from outside the trust boundary (e.g. generated from untrusted input): `microvm`,
+    /// or `gvisor` where the operator allows it (`security.allow_gvisor_for_untrusted`).
+    Untrusted,
+}
+
+impl Trust {
+    /// Every trust level, most trusted first.
+    pub const ALL: [Trust; 3] = [Trust::Trusted, Trust::Internal, Trust::Untrusted];
+
+    /// The name used in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trust::Trusted => "trusted",
+            Trust::Internal => "internal",
+            Trust::Untrusted => "untrusted",
+        }
+    }
+
+    /// The weakest level this trust level accepts, given whether the operator accepts gVisor
+    /// for untrusted code.
+    pub fn minimum(self, allow_gvisor_for_untrusted: bool) -> Level {
+        match self {
+            Trust::Trusted => Level::Container,
+            Trust::Internal => Level::Gvisor,
+            Trust::Untrusted if allow_gvisor_for_untrusted => Level::Gvisor,
+            Trust::Untrusted => Level::Microvm,
+        }
+    }
+}
+
+impl std::str::FromStr for Trust {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Trust::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| format!("unknown trust level {s:?}; use trusted, internal or untrusted"))
+    }
+}
+
+impl Policy {
+    /// The level as stated, or `container` when none is (what a policy without a trust level
+    /// runs at; with a trust level, `stockade_runtime::levels::resolve` decides instead).
+    pub fn stated_level(&self) -> Level {
+        self.level.unwrap_or_default()
+    }
+
+    /// The weakest level this policy accepts: the stated level if any, else the trust level's
+    /// minimum, else `container`.
+    pub fn minimum_level(&self) -> Level {
+        let by_trust = self.trust.map_or(Level::Container, |t| {
+            t.minimum(self.security.allow_gvisor_for_untrusted)
+        });
+        self.level.map_or(by_trust, |l| l.max(by_trust))
     }
 }
 
@@ -254,6 +377,18 @@ pub struct Security {
     pub seccomp: bool,
     pub landlock: bool,
     pub allow_weaker_isolation: bool,
+    /// A microVM may run under QEMU's TCG software emulation when KVM is not usable here (same
+    /// walls, much slower). Left out of the serialized form when false (digests unchanged).
+    #[serde(skip_serializing_if = "is_false")]
+    pub allow_emulated: bool,
+    /// The operator accepts gVisor for `trust = "untrusted"` code (by default it needs a
+    /// microVM). Left out of the serialized form when false (digests unchanged).
+    #[serde(skip_serializing_if = "is_false")]
+    pub allow_gvisor_for_untrusted: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for Security {
@@ -262,6 +397,8 @@ impl Default for Security {
             seccomp: true,
             landlock: true,
             allow_weaker_isolation: false,
+            allow_emulated: false,
+            allow_gvisor_for_untrusted: false,
         }
     }
 }

@@ -5,12 +5,20 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{PolicyError, PolicyErrors};
-use crate::model::{Mount, NetworkMode, Policy, WorkspaceMode};
+use crate::model::{Level, Mount, NetworkMode, Policy, Trust, WorkspaceMode};
 use crate::size::ByteSize;
 
 /// Values given on the command line. `None`/empty means "keep the policy's value".
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Overrides {
+    /// `level` (`--level container|gvisor|microvm`).
+    pub level: Option<Level>,
+    /// `trust` (`--trust trusted|internal|untrusted`).
+    pub trust: Option<Trust>,
+    /// `security.allow_emulated` (`--allow-emulated` sets `Some(true)`).
+    pub allow_emulated: Option<bool>,
+    /// `security.allow_gvisor_for_untrusted` (`--allow-gvisor-for-untrusted` sets `Some(true)`).
+    pub allow_gvisor_for_untrusted: Option<bool>,
     pub workspace: Option<PathBuf>,
     pub workspace_mode: Option<WorkspaceMode>,
     pub allow_system_path: Option<bool>,
@@ -82,6 +90,13 @@ impl SecretSource {
 
 /// The flag the CLI is expected to offer for each policy key (used to name flags in errors).
 pub const FLAGS: &[(&str, &str)] = &[
+    ("level", "--level"),
+    ("trust", "--trust"),
+    ("security.allow_emulated", "--allow-emulated"),
+    (
+        "security.allow_gvisor_for_untrusted",
+        "--allow-gvisor-for-untrusted",
+    ),
     ("workspace.path", "--workspace"),
     ("workspace.mode", "--workspace-mode"),
     ("workspace.allow_system_path", "--allow-system-path"),
@@ -144,6 +159,24 @@ impl Policy {
                 }
             };
         }
+        if let Some(l) = o.level {
+            p.level = Some(l);
+            one("level");
+        }
+        if let Some(t) = o.trust {
+            p.trust = Some(t);
+            one("trust");
+        }
+        take!(
+            o.allow_emulated,
+            p.security.allow_emulated,
+            "security.allow_emulated"
+        );
+        take!(
+            o.allow_gvisor_for_untrusted,
+            p.security.allow_gvisor_for_untrusted,
+            "security.allow_gvisor_for_untrusted"
+        );
         if let Some(w) = &o.workspace {
             p.workspace.path = Some(w.clone());
             one("workspace.path");
@@ -227,6 +260,10 @@ impl Policy {
                 ));
                 whole.push(("network.allow", "--allow-net"));
             }
+        }
+        // A stated level too weak for a trust level given on the command line: the flag's.
+        if o.trust.is_some() {
+            whole.push(("level", "--trust"));
         }
         if o.net.is_some() {
             for key in [

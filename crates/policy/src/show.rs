@@ -14,7 +14,11 @@ const MEANINGS: &[(&str, &str)] = &[
     ("version", "policy format version; only 1 exists"),
     (
         "level",
-        "isolation level: container (gvisor and microvm are not available yet)",
+        "isolation level: container (namespaces, seccomp, Landlock; shares the host kernel), gvisor (the system's runsc: a user-space kernel) or microvm (QEMU -M microvm: its own kernel); left out, the trust level picks it (--level)",
+    ),
+    (
+        "trust",
+        "who wrote the code: trusted (container or stronger), internal (gvisor or microvm), untrusted (microvm, or gvisor with security.allow_gvisor_for_untrusted); refused when this host cannot give it, never a silent fallback (--trust)",
     ),
     (
         "workspace.path",
@@ -88,6 +92,14 @@ const MEANINGS: &[(&str, &str)] = &[
         "accept turning off seccomp or Landlock (--allow-weaker-isolation)",
     ),
     (
+        "security.allow_emulated",
+        "let a microVM run under QEMU's TCG software emulation when KVM is not usable here: same walls, much slower (--allow-emulated)",
+    ),
+    (
+        "security.allow_gvisor_for_untrusted",
+        "accept gVisor for trust = \"untrusted\" code, which otherwise needs a microVM (--allow-gvisor-for-untrusted)",
+    ),
+    (
         "network.mode",
         "network: none = loopback only; allowlist = only the names in allow, through the egress gateway; open = any public host, needs allow_open (--net)",
     ),
@@ -143,7 +155,8 @@ fn value_text(p: &Policy, key: &str) -> Option<String> {
     let a = &p.audit;
     Some(match key {
         "version" => p.version.to_string(),
-        "level" => quote(p.level.as_str()),
+        "level" => quote(p.level?.as_str()),
+        "trust" => quote(p.trust?.as_str()),
         "workspace.path" => quote_path(w.path.as_deref()?),
         "workspace.mode" => quote(w.mode.as_str()),
         "workspace.protect_git" => w.protect_git.to_string(),
@@ -167,6 +180,8 @@ fn value_text(p: &Policy, key: &str) -> Option<String> {
         "security.seccomp" => s.seccomp.to_string(),
         "security.landlock" => s.landlock.to_string(),
         "security.allow_weaker_isolation" => s.allow_weaker_isolation.to_string(),
+        "security.allow_emulated" => s.allow_emulated.to_string(),
+        "security.allow_gvisor_for_untrusted" => s.allow_gvisor_for_untrusted.to_string(),
         "network.mode" => quote(p.network.mode.as_str()),
         "network.allow" => array(p.network.allow.iter().map(|s| quote(s))),
         "network.deny" => array(p.network.deny.iter().map(|s| quote(s))),
@@ -185,6 +200,8 @@ fn value_of(p: &Policy, key: &str) -> String {
     match (key, value_text(p, key)) {
         ("workspace.path", None) => "the current directory".into(),
         ("filesystem.rootfs", None) => "none (the host's system directories)".into(),
+        ("level", None) => "picked by trust; container without one".into(),
+        ("trust", None) => "none (the level is used as given)".into(),
         (_, Some(v)) => v,
         (_, None) => "none".into(),
     }
@@ -221,6 +238,8 @@ impl Policy {
                 None => {
                     let example = match key {
                         "filesystem.rootfs" => "/srv/rootfs/debian",
+                        "level" => "microvm",
+                        "trust" => "untrusted",
                         _ => ".",
                     };
                     let _ = writeln!(out, "# {name} = \"{example}\"");

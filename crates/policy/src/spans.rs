@@ -24,6 +24,7 @@ pub(crate) type SpanMap = BTreeMap<String, Range<usize>>;
 pub(crate) const TOP_KEYS: &[&str] = &[
     "version",
     "level",
+    "trust",
     "workspace",
     "filesystem",
     "process",
@@ -47,7 +48,13 @@ pub(crate) const LIMITS_KEYS: &[&str] = &[
     "max_output",
     "open_files",
 ];
-pub(crate) const SECURITY_KEYS: &[&str] = &["seccomp", "landlock", "allow_weaker_isolation"];
+pub(crate) const SECURITY_KEYS: &[&str] = &[
+    "seccomp",
+    "landlock",
+    "allow_weaker_isolation",
+    "allow_emulated",
+    "allow_gvisor_for_untrusted",
+];
 pub(crate) const NETWORK_KEYS: &[&str] = &[
     "mode",
     "allow",
@@ -91,6 +98,7 @@ pub(crate) fn read(src: &str, origin: &str) -> (Policy, SpanMap, Vec<PolicyError
         match name {
             "version" => w.field(&mut p.version, "version", v),
             "level" => w.field(&mut p.level, "level", v),
+            "trust" => w.field(&mut p.trust, "trust", v),
             "workspace" => w.table("workspace", v, WORKSPACE_KEYS, |w, k, v| match k {
                 "path" => w.field(&mut p.workspace.path, "workspace.path", v),
                 "mode" => w.field(&mut p.workspace.mode, "workspace.mode", v),
@@ -143,6 +151,14 @@ pub(crate) fn read(src: &str, origin: &str) -> (Policy, SpanMap, Vec<PolicyError
             "security" => w.table("security", v, SECURITY_KEYS, |w, k, v| match k {
                 "seccomp" => w.field(&mut p.security.seccomp, "security.seccomp", v),
                 "landlock" => w.field(&mut p.security.landlock, "security.landlock", v),
+                "allow_emulated" => {
+                    w.field(&mut p.security.allow_emulated, "security.allow_emulated", v)
+                }
+                "allow_gvisor_for_untrusted" => w.field(
+                    &mut p.security.allow_gvisor_for_untrusted,
+                    "security.allow_gvisor_for_untrusted",
+                    v,
+                ),
                 _ => w.field(
                     &mut p.security.allow_weaker_isolation,
                     "security.allow_weaker_isolation",

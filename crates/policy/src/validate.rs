@@ -7,7 +7,7 @@ use std::path::{Component, Path};
 use std::time::Duration;
 
 use crate::error::Issue;
-use crate::model::{Level, Policy};
+use crate::model::{Policy, Trust};
 use crate::size::ByteSize;
 
 /// `/etc` entries that hold secrets and are never added, nor anything containing them.
@@ -70,15 +70,30 @@ fn top(p: &Policy, out: &mut Vec<Issue>) {
             ),
         ));
     }
-    match p.level {
-        Level::Container => {}
-        Level::Gvisor | Level::Microvm => out.push(Issue::new(
-            "level",
-            format!(
-                "isolation level {} is not available yet; use level = \"container\"",
-                p.level.as_str()
-            ),
-        )),
+    if let (Some(level), Some(trust)) = (p.level, p.trust) {
+        let min = trust.minimum(p.security.allow_gvisor_for_untrusted);
+        if level < min {
+            let needs = match trust {
+                Trust::Trusted => "container or stronger".to_string(),
+                Trust::Internal => "gvisor or microvm".to_string(),
+                Trust::Untrusted if p.security.allow_gvisor_for_untrusted => {
+                    "microvm, or gvisor (security.allow_gvisor_for_untrusted is set)".to_string()
+                }
+                Trust::Untrusted => "microvm (or gvisor where the operator sets \
+                                     security.allow_gvisor_for_untrusted = true)"
+                    .to_string(),
+            };
+            out.push(Issue::new(
+                "level",
+                format!(
+                    "level {:?} is weaker than trust = {:?} allows: {} code needs {needs}; \
+                     raise the level, or leave level out and let the trust level pick one",
+                    level.as_str(),
+                    trust.as_str(),
+                    trust.as_str(),
+                ),
+            ));
+        }
     }
 }
 

@@ -31,6 +31,10 @@ fn empty_overrides_change_nothing() {
 fn flags_win_over_the_file() {
     let mut p = file();
     let o = Overrides {
+        level: Some(Level::Gvisor),
+        trust: Some(Trust::Internal),
+        allow_emulated: Some(true),
+        allow_gvisor_for_untrusted: Some(true),
         workspace: Some(PathBuf::from("other")),
         workspace_mode: Some(WorkspaceMode::Overlay),
         allow_system_path: Some(true),
@@ -78,6 +82,11 @@ fn flags_win_over_the_file() {
     assert_eq!(p.process.env["B"], "file");
     assert_eq!(p.process.env["C"], "flag");
     assert_eq!(p.process.env_pass, ["LC_ALL", "TERM_PROGRAM"]);
+    assert_eq!(
+        (p.level, p.trust),
+        (Some(Level::Gvisor), Some(Trust::Internal))
+    );
+    assert!(p.security.allow_emulated && p.security.allow_gvisor_for_untrusted);
     assert_eq!(p.limits.memory, ByteSize::gib(2));
     assert_eq!(p.limits.swap, ByteSize::mib(64));
     assert_eq!(p.limits.cpus, 3.5);
@@ -243,7 +252,7 @@ fn problems_not_from_a_flag_are_reported_against_the_policy() {
 #[test]
 fn flags_table_covers_every_override() {
     let keys: Vec<&str> = FLAGS.iter().map(|(k, _)| *k).collect();
-    assert_eq!(keys.len(), 26);
+    assert_eq!(keys.len(), 30);
     let described: Vec<&str> = describe_defaults().iter().map(|(k, _, _)| *k).collect();
     for k in keys {
         assert!(described.contains(&k), "{k}");
@@ -466,4 +475,77 @@ fn secret_flags_parse_and_errors_name_the_flag() {
     assert!(text.contains("api.openai.com"), "{text}");
     assert!(text.contains("--allow-net api.openai.com"), "{text}");
     assert_eq!(p, Policy::default(), "nothing applied on error");
+}
+
+#[test]
+fn level_and_trust_flags() {
+    // --trust on a policy that states no level: the trust level will pick one.
+    let mut p = Policy::default();
+    p.apply(&Overrides {
+        trust: Some(Trust::Untrusted),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!((p.level, p.trust), (None, Some(Trust::Untrusted)));
+    assert_eq!(p.minimum_level(), Level::Microvm);
+    // --trust against a file's weaker level: refused, and the error names --trust.
+    let file = Policy::from_toml("level = \"container\"\n", "policy.toml").unwrap();
+    let mut q = file.clone();
+    let e = q
+        .apply(&Overrides {
+            trust: Some(Trust::Internal),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert_eq!(e.0[0].origin, "--trust");
+    assert_eq!(e.0[0].key.as_deref(), Some("level"));
+    assert!(
+        e.to_string()
+            .starts_with("--trust: level \"container\" is weaker than trust = \"internal\""),
+        "{e}"
+    );
+    assert_eq!(q, file, "a failed apply changes nothing");
+    // --level too weak for the file's trust: the error names --level.
+    let file = Policy::from_toml("trust = \"untrusted\"\n", "policy.toml").unwrap();
+    let mut q = file.clone();
+    let e = q
+        .apply(&Overrides {
+            level: Some(Level::Gvisor),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert_eq!(e.0[0].origin, "--level", "{e}");
+    // ... which --allow-gvisor-for-untrusted makes acceptable.
+    q.apply(&Overrides {
+        level: Some(Level::Gvisor),
+        allow_gvisor_for_untrusted: Some(true),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(q.level, Some(Level::Gvisor));
+    assert_eq!(q.minimum_level(), Level::Gvisor);
+    // Both flags, consistent.
+    let mut r = Policy::default();
+    r.apply(&Overrides {
+        level: Some(Level::Microvm),
+        trust: Some(Trust::Trusted),
+        allow_emulated: Some(true),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        (r.level, r.trust),
+        (Some(Level::Microvm), Some(Trust::Trusted))
+    );
+    assert!(r.security.allow_emulated);
+    let names: Vec<&str> = FLAGS.iter().map(|(_, f)| *f).collect();
+    for f in [
+        "--level",
+        "--trust",
+        "--allow-emulated",
+        "--allow-gvisor-for-untrusted",
+    ] {
+        assert!(names.contains(&f), "{f}");
+    }
 }

@@ -16,7 +16,8 @@ fn everything() -> Policy {
     env.insert("with space".to_string(), String::new());
     Policy {
         version: 1,
-        level: Level::Container,
+        level: Some(Level::Microvm),
+        trust: Some(Trust::Untrusted),
         workspace: Workspace {
             path: Some(PathBuf::from("projects/a \"b\"")),
             mode: WorkspaceMode::Overlay,
@@ -60,6 +61,8 @@ fn everything() -> Policy {
             seccomp: false,
             landlock: false,
             allow_weaker_isolation: true,
+            allow_emulated: true,
+            allow_gvisor_for_untrusted: true,
         },
         network: Network {
             mode: NetworkMode::Allowlist,
@@ -108,7 +111,9 @@ fn everything() -> Policy {
 fn defaults_are_the_documented_ones() {
     let d = Policy::default();
     assert_eq!(d.version, 1);
-    assert_eq!(d.level, Level::Container);
+    assert_eq!((d.level, d.trust), (None, None));
+    assert_eq!(d.stated_level(), Level::Container);
+    assert!(!d.security.allow_emulated && !d.security.allow_gvisor_for_untrusted);
     assert_eq!(d.workspace.path, None);
     assert_eq!(d.workspace.mode, WorkspaceMode::Rw);
     assert!(d.workspace.protect_git && !d.workspace.allow_system_path);
@@ -148,7 +153,7 @@ fn to_toml_round_trips() {
 fn to_toml_comments_every_key_from_describe_defaults() {
     let text = everything().to_toml();
     let defaults = describe_defaults();
-    assert_eq!(defaults.len(), 34);
+    assert_eq!(defaults.len(), 37);
     for (key, default, meaning) in &defaults {
         let name = key.rsplit('.').next().unwrap();
         let comment = format!("# {meaning}. Default: {default}.\n");

@@ -4,7 +4,7 @@
 // A test crate: helpers outside #[test] fns panic on failure too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use stockade_policy::{Policy, PolicyError};
+use stockade_policy::{Level, Policy, PolicyError, Trust};
 
 fn errs(src: &str) -> Vec<PolicyError> {
     match Policy::from_toml(src, "policy.toml") {
@@ -53,18 +53,105 @@ fn memory_minimum_with_exact_position() {
 #[test]
 fn version_and_level() {
     rejects("version = 2", "version", "version 2 is not supported");
-    let e = one("level = \"gvisor\"");
-    assert_eq!(
-        e.message,
-        "isolation level gvisor is not available yet; use level = \"container\""
-    );
+    // Every level parses and validates: which one the host can give is the runtime's question.
+    for l in Level::ALL {
+        let p = ok(&format!("level = \"{}\"", l.as_str()));
+        assert_eq!((p.level, p.trust), (Some(l), None));
+        assert_eq!(p.minimum_level(), l);
+    }
+    let e = one("level = \"kvm\"");
+    assert_eq!(e.key.as_deref(), Some("level"));
+    assert!(e.message.contains("unknown variant `kvm`"), "{e}");
     assert_eq!((e.line, e.column), (Some(1), Some(9)));
+    rejects("trust = \"nobody\"", "trust", "unknown variant `nobody`");
+    rejects("trust = 3", "trust", "wanted string");
     rejects(
-        "level = \"microvm\"",
-        "level",
-        "isolation level microvm is not available yet",
+        "[security]\nallow_emulated = \"yes\"",
+        "security.allow_emulated",
+        "invalid type",
     );
-    rejects("level = \"kvm\"", "level", "unknown variant `kvm`");
+    rejects(
+        "[security]\nallow_gvisor_for_untrusted = 1",
+        "security.allow_gvisor_for_untrusted",
+        "invalid type",
+    );
+}
+
+/// `level` with `trust`: every combination; a level weaker than the trust level allows is an
+/// error at the level's value, naming both and what to do.
+#[test]
+fn level_against_trust() {
+    let allowed = |t: Trust, l: Level, gv: bool| match t {
+        Trust::Trusted => true,
+        Trust::Internal => l >= Level::Gvisor,
+        Trust::Untrusted => l == Level::Microvm || (gv && l == Level::Gvisor),
+    };
+    for t in Trust::ALL {
+        for l in Level::ALL {
+            for gv in [false, true] {
+                let src = format!(
+                    "version = 1\nlevel = \"{}\"\ntrust = \"{}\"\n[security]\nallow_gvisor_for_untrusted = {gv}\n",
+                    l.as_str(),
+                    t.as_str()
+                );
+                let r = Policy::from_toml(&src, "policy.toml");
+                if allowed(t, l, gv) {
+                    let p = r.unwrap_or_else(|e| panic!("{src}: {e}"));
+                    assert_eq!((p.level, p.trust), (Some(l), Some(t)));
+                    assert_eq!(p.minimum_level(), l);
+                } else {
+                    let e = r.expect_err(&src).0;
+                    assert_eq!(e.len(), 1, "{e:?}");
+                    let e = &e[0];
+                    assert_eq!(e.key.as_deref(), Some("level"), "{e}");
+                    assert_eq!((e.line, e.column), (Some(2), Some(9)), "{e}");
+                    assert!(
+                        e.to_string().starts_with(&format!(
+                            "policy.toml:2:9: level: level \"{}\" is weaker than trust = \"{}\" allows",
+                            l.as_str(),
+                            t.as_str()
+                        )),
+                        "{e}"
+                    );
+                    assert!(e.message.contains("leave level out"), "{e}");
+                    if t == Trust::Untrusted && !gv {
+                        assert!(
+                            e.message.contains("allow_gvisor_for_untrusted = true"),
+                            "{e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // trust alone: no level stated; the minimum follows the trust level.
+    for (t, gv, min) in [
+        (Trust::Trusted, false, Level::Container),
+        (Trust::Internal, false, Level::Gvisor),
+        (Trust::Untrusted, false, Level::Microvm),
+        (Trust::Untrusted, true, Level::Gvisor),
+    ] {
+        let p = ok(&format!(
+            "trust = \"{}\"\n[security]\nallow_gvisor_for_untrusted = {gv}\n",
+            t.as_str()
+        ));
+        assert_eq!((p.level, p.trust), (None, Some(t)));
+        assert_eq!(p.minimum_level(), min);
+    }
+    // The same rule without a file: no position.
+    let mut p = Policy {
+        level: Some(Level::Gvisor),
+        trust: Some(Trust::Untrusted),
+        ..Default::default()
+    };
+    let e = p.validate().unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("policy: level: level \"gvisor\" is weaker"),
+        "{e}"
+    );
+    p.security.allow_gvisor_for_untrusted = true;
+    p.validate().unwrap();
 }
 
 /// The contract since the egress gateway's policy landed: every mode validates here when its
@@ -102,7 +189,7 @@ fn unknown_keys_list_valid_keys_with_position() {
     let e = one("verison = 1");
     assert!(
         e.message
-            .contains("at the top level; valid keys are: version, level, workspace"),
+            .contains("at the top level; valid keys are: version, level, trust, workspace"),
         "{e}"
     );
     let e = one("[filesystem]\nmounts = [{ host = \"/a\", mdoe = \"rw\" }]");
@@ -514,7 +601,7 @@ fn workspace_system_paths() {
 
 #[test]
 fn every_problem_is_reported_in_file_order() {
-    let src = "level = \"microvm\"\n[limits]\nmemory = \"1MiB\"\npids = 1\n[security]\nseccomp = false\n[network]\nmode = \"open\"\n";
+    let src = "level = \"container\"\ntrust = \"untrusted\"\n[limits]\nmemory = \"1MiB\"\npids = 1\n[security]\nseccomp = false\n[network]\nmode = \"open\"\n";
     let e = errs(src);
     let keys: Vec<&str> = e.iter().filter_map(|e| e.key.as_deref()).collect();
     assert_eq!(
@@ -529,7 +616,7 @@ fn every_problem_is_reported_in_file_order() {
     );
     let text = stockade_policy::PolicyErrors(e).to_string();
     assert_eq!(text.lines().count(), 5);
-    assert!(text.starts_with("policy.toml:1:9: level: isolation level microvm"));
+    assert!(text.starts_with("policy.toml:1:9: level: level \"container\" is weaker"));
 }
 
 #[test]
