@@ -201,6 +201,14 @@ struct Tunnel {
     ctrl: Ctrl,
     streams: HashMap<u32, Stream>,
     next_id: u32,
+    peer_spoke: bool,
+}
+
+/// How a tunnel ended.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Outcome {
+    /// The other side sent at least one control byte (on the host: the guest's agent started).
+    pub peer_spoke: bool,
 }
 
 fn set_nonblocking(fd: RawFd) -> io::Result<()> {
@@ -604,6 +612,7 @@ impl Tunnel {
     fn handle(&mut self, t: u8, id: u32, p: &[u8]) -> io::Result<()> {
         match (t, id) {
             (T_CTRL, 0) => {
+                self.peer_spoke = true;
                 if self.ctrl.peer_eof {
                     return Err(bad("control bytes after the end"));
                 }
@@ -719,7 +728,7 @@ pub fn run(
     tx: OwnedFd,
     ctrl: UnixStream,
     fixed: Vec<(u32, OwnedFd, Way)>,
-) -> io::Result<()> {
+) -> io::Result<Outcome> {
     for fd in [rx.as_raw_fd(), tx.as_raw_fd(), ctrl.as_raw_fd()] {
         set_nonblocking(fd)?;
     }
@@ -743,6 +752,7 @@ pub fn run(
         },
         streams: HashMap::new(),
         next_id: FIRST_DYNAMIC,
+        peer_spoke: false,
     };
     for (id, fd, way) in fixed {
         set_nonblocking(fd.as_raw_fd())?;
@@ -754,8 +764,11 @@ pub fn run(
     }
     let mut ending: Option<Instant> = None;
     loop {
+        let outcome = Outcome {
+            peer_spoke: t.peer_spoke,
+        };
         if role == Role::Guest && t.guest_finished() {
-            return Ok(());
+            return Ok(outcome);
         }
         if !t.rx_open || t.tx_broken {
             // The peer is gone: write out what arrived (bounded), then end.
@@ -763,7 +776,7 @@ pub fn run(
             let pending = t.streams.values().any(|s| s.writing && !s.out.is_empty())
                 || !t.ctrl.out.is_empty();
             if !pending || since.elapsed() > Duration::from_secs(5) {
-                return Ok(());
+                return Ok(outcome);
             }
         }
         let mut pfds: Vec<libc::pollfd> = Vec::new();

@@ -18,8 +18,8 @@ struct Pair {
     agent_stdout: Option<std::fs::File>,
     agent_stdin: std::fs::File,
     agent_plan: std::fs::File,
-    host: JoinHandle<io::Result<()>>,
-    guest: JoinHandle<io::Result<()>>,
+    host: JoinHandle<io::Result<Outcome>>,
+    guest: JoinHandle<io::Result<Outcome>>,
 }
 
 fn pipe_files() -> (std::fs::File, std::fs::File) {
@@ -82,12 +82,12 @@ fn start() -> Pair {
 
 impl Pair {
     /// The agent ends (control closed, stdout closed): both halves return cleanly.
-    fn finish(mut self) {
+    fn finish(mut self, agent_spoke: bool) {
         drop(self.agent_stdout.take());
         self.agent_ctrl.shutdown(std::net::Shutdown::Both).unwrap();
         self.guest.join().unwrap().unwrap();
         // The host half ends when the guest's transport end closes.
-        self.host.join().unwrap().unwrap();
+        assert_eq!(self.host.join().unwrap().unwrap().peer_spoke, agent_spoke);
     }
 }
 
@@ -116,7 +116,7 @@ fn fixed_streams_carry_bytes_and_their_end() {
     let mut got = Vec::new();
     p.sup_stdout.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"output");
-    p.finish();
+    p.finish(false);
 }
 
 #[test]
@@ -167,7 +167,7 @@ fn control_frames_both_ways_and_a_passed_pipe_arrives_before_its_report() {
         }
     }
     assert_eq!(got.len(), 10_000);
-    p.finish();
+    p.finish(true);
 }
 
 #[test]
@@ -206,7 +206,7 @@ fn an_upload_is_in_the_file_before_the_next_request_arrives() {
     assert!(matches!(got, Some(SupervisorMsg::Stop)));
     // No waiting: the bytes written before Stop are in the file when Stop arrives.
     assert_eq!(std::fs::read(&path).unwrap(), data);
-    p.finish();
+    p.finish(true);
 }
 
 #[test]
@@ -235,7 +235,7 @@ fn a_socket_is_carried_both_ways_with_half_close() {
     process.read_to_end(&mut resp).unwrap();
     t.join().unwrap();
     assert_eq!(resp.len(), body.len());
-    p.finish();
+    p.finish(true);
 }
 
 #[test]

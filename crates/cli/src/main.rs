@@ -114,6 +114,12 @@ fn main() -> ExitCode {
             .is_some_and(|a| a == stockade_agent::launcher::ALLOW_WEAKER_ARG);
         return ExitCode::from(stockade_agent::launcher::main(allow_weaker) as u8);
     }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "__vmm") {
+        let allow_weaker = std::env::args_os()
+            .nth(2)
+            .is_some_and(|a| a == stockade_agent::launcher::ALLOW_WEAKER_ARG);
+        return ExitCode::from(stockade_runtime::backend::vmm::main(allow_weaker) as u8);
+    }
     // Diagnostics (spans per sandbox and exec, one line per audit event) on stderr when asked.
     if let Ok(filter) = std::env::var("STOCKADE_LOG") {
         let _ = tracing_subscriber::fmt()

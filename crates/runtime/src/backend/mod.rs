@@ -2,6 +2,8 @@
 //! the same descriptors, starts the backend (runsc or QEMU) and carries the sandbox's descriptors
 //! and control frames over one byte stream (`stockade_agent::tunnel`). (Being built: issue 9.)
 
+pub mod vmm;
+
 use std::path::PathBuf;
 
 /// The static guest binary: `$STOCKADE_GUEST_BIN`, else `stockade-guest` beside the current

@@ -1,0 +1,140 @@
+//! The guest half of the tunnel: recreates the launcher's descriptors (0/1/2 stdio, 3 control,
+//! 4 plan, 5 liveness) as local pipes and a socketpair, starts the child that uses them
+//! (`__launch` in a microVM, `__direct` in gVisor), carries everything over the transport, and
+//! reaps every process that ends up ours (in a microVM this binary is PID 1).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use stockade_agent::tunnel::{self, Role, Way};
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid out-array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are new and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Duplicates `fd` to a number >= 10 (CLOEXEC), so dup2 onto 0..5 cannot clobber a source.
+fn high(fd: OwnedFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC takes an integer and returns a new descriptor we own.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `n` is a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// Runs the child `sub` (with `--allow-weaker-isolation` when `allow_weaker`) behind the tunnel
+/// on `rx`/`tx`; returns the child's exit code once it and the tunnel have ended.
+pub fn run(rx: OwnedFd, tx: OwnedFd, sub: &str, allow_weaker: bool) -> i32 {
+    match run_inner(rx, tx, sub, allow_weaker) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("stockade-guest: {e}");
+            125
+        }
+    }
+}
+
+fn run_inner(rx: OwnedFd, tx: OwnedFd, sub: &str, allow_weaker: bool) -> io::Result<i32> {
+    let (ctrl_ours, ctrl_theirs) = UnixStream::pair()?;
+    let (plan_r, plan_w) = pipe()?;
+    let (live_r, live_w) = pipe()?;
+    let (in_r, in_w) = pipe()?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let theirs = [
+        high(in_r)?,
+        high(out_w)?,
+        high(err_w)?,
+        high(OwnedFd::from(ctrl_theirs))?,
+        high(plan_r)?,
+        high(live_r)?,
+    ];
+    let sources: Vec<(RawFd, RawFd)> = theirs
+        .iter()
+        .enumerate()
+        .map(|(i, fd)| (fd.as_raw_fd(), i as RawFd))
+        .collect();
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg(sub);
+    if allow_weaker {
+        cmd.arg(stockade_agent::launcher::ALLOW_WEAKER_ARG);
+    }
+    cmd.env_clear();
+    // SAFETY: the closure runs between fork and exec in the child and only calls dup2 and
+    // sigprocmask/signal, which are async-signal-safe, on integers captured by value.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &(src, dst) in &sources {
+                if libc::dup2(src, dst) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    let child_pid = child.id() as libc::pid_t;
+    drop(theirs);
+    let fixed = vec![
+        (tunnel::PLAN, plan_w, Way::Recv),
+        (tunnel::LIVENESS, live_w, Way::Recv),
+        (tunnel::STDIN, in_w, Way::Recv),
+        (tunnel::STDOUT, out_r, Way::Send),
+        (tunnel::STDERR, err_r, Way::Send),
+    ];
+    let t = std::thread::spawn(move || tunnel::run(Role::Guest, rx, tx, ctrl_ours, fixed));
+    // Reap everything: the child, and (as PID 1 of a VM) every orphan.
+    let mut code = 125;
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is a valid out-pointer for the call.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            break; // ECHILD: nobody left
+        }
+        if pid == child_pid {
+            code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            };
+            break;
+        }
+    }
+    // The tunnel ends once everything the sandbox wrote is sent; bounded, in case a descriptor
+    // was leaked to something that outlived the sandbox.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !t.is_finished() && Instant::now() < deadline {
+        // Keep reaping while waiting.
+        let mut status = 0;
+        // SAFETY: as above.
+        unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if t.is_finished() {
+        match t.join() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!("stockade-guest: tunnel: {e}"),
+            Err(_) => eprintln!("stockade-guest: tunnel thread panicked"),
+        }
+    }
+    Ok(code)
+}
