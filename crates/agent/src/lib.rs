@@ -9,6 +9,7 @@
 
 pub mod changes;
 pub mod fsops;
+pub mod guest_boot;
 pub mod launcher;
 pub mod net;
 pub mod pid1;

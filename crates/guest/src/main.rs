@@ -15,14 +15,6 @@ use stockade_agent::launcher::ALLOW_WEAKER_ARG;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    if std::process::id() == 1 && args.len() == 1 {
-        // The microVM's /init. (The tunnel's guest half takes the port next: issue 9, lead.)
-        match stockade_agent::guest_boot::boot() {
-            Ok(_port) => {}
-            Err(e) => eprintln!("stockade-guest: {e}"),
-        }
-        stockade_agent::guest_boot::power_off();
-    }
     let allow_weaker = args.iter().any(|a| a == ALLOW_WEAKER_ARG);
     if std::process::id() == 1 && args.len() == 1 {
         microvm_init();

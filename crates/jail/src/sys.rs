@@ -567,6 +567,15 @@ pub fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<Owne
     Ok((n, fds))
 }
 
+/// `finit_module(fd, "", 0)`: loads the kernel module in the open file `fd` (the microVM guest's
+/// init loads its virtio and 9p modules this way; see `stockade_agent::guest_boot`).
+pub fn finit_module(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: the parameter string is a static NUL-terminated empty string; `fd` is a live
+    // descriptor borrowed for the call; the kernel reads the module through it and keeps nothing.
+    check(unsafe { libc::syscall(libc::SYS_finit_module, fd.as_raw_fd(), c"".as_ptr(), 0) })
+        .map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
