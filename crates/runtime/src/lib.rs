@@ -12,6 +12,7 @@ pub mod error;
 pub mod git;
 pub mod gvisor;
 pub mod kmsg;
+pub mod levels;
 pub mod microvm;
 pub mod plan;
 pub mod reads;
