@@ -120,6 +120,9 @@ pub enum SupervisorMsg {
     /// Session mode: send `signal` to the process group of a running request (only processes the
     /// agent started for a request can be signalled this way).
     Signal { id: u64, signal: i32 },
+    /// Session mode: resize the PTY of a running request (the supervisor's end of a PTY is not
+    /// the master itself when it crossed a tunnel).
+    Resize { id: u64, size: PtySize },
     /// Session mode: a file operation, run by the agent inside the sandbox under the sandbox's
     /// own confinement (uid, mount namespace, Landlock, seccomp); answered by `FsDone`.
     Fs { id: u64, op: FsOp },

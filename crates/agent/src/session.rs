@@ -58,6 +58,8 @@ const STAGE_EXEC: i32 = 4;
 struct Running {
     by_pid: HashMap<i32, u64>,
     by_id: HashMap<u64, i32>,
+    /// The PTY master of each running request that has one (for `Resize`).
+    ptys: HashMap<u64, OwnedFd>,
 }
 
 /// Serves requests until `Stop`, the end of the control stream, or a broken frame.
@@ -120,6 +122,20 @@ pub fn serve(sfd: &OwnedFd, ctrl: &mut UnixStream, mut bridge: Option<&mut crate
                     }
                     Ok(())
                 }
+                SupervisorMsg::Resize { id, size } => {
+                    if let Some(m) = running.ptys.get(&id) {
+                        let ws = libc::winsize {
+                            ws_row: size.rows,
+                            ws_col: size.cols,
+                            ws_xpixel: 0,
+                            ws_ypixel: 0,
+                        };
+                        // SAFETY: TIOCSWINSZ reads one winsize struct from the valid pointer;
+                        // `m` is the request's PTY master, kept open while it runs.
+                        unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+                    }
+                    Ok(())
+                }
                 SupervisorMsg::Fs { id, op } => {
                     let (reply, fd) = fsops::run(&op, &mut watcher);
                     let msg = AgentMsg::FsDone { id, reply };
@@ -166,6 +182,7 @@ fn reap(running: &mut Running, ctrl: &mut UnixStream) -> io::Result<()> {
         }
         if let Some(id) = running.by_pid.remove(&pid) {
             running.by_id.remove(&id);
+            running.ptys.remove(&id);
             let msg = AgentMsg::ExecExited {
                 id,
                 termination: decode(status),
@@ -195,6 +212,11 @@ fn exec(running: &mut Running, req: ExecRequest, ctrl: &mut UnixStream) -> io::R
         Ok((pid, ends)) => {
             running.by_pid.insert(pid, id);
             running.by_id.insert(id, pid);
+            if req.pty.is_some()
+                && let Some(m) = ends.first().and_then(|m| m.try_clone().ok())
+            {
+                running.ptys.insert(id, m);
+            }
             let raw: Vec<RawFd> = ends.iter().map(|f| f.as_raw_fd()).collect();
             let msg = AgentMsg::ExecStarted {
                 id,

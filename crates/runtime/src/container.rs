@@ -8,7 +8,7 @@ use crate::audit::{self, Audit};
 use crate::error::RunError;
 use crate::plan::{self, Extras, HostFacts};
 use crate::relay::{self, Event};
-use crate::spawn::{Launched, spawn_launcher};
+use crate::spawn::Launched;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -177,7 +177,11 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
     }
     let workspace = resolve_workspace(policy, &base)?;
     stockade_policy::check_sensitive_paths(policy, &workspace).map_err(RunError::Usage)?;
-    if policy.security.landlock && stockade_jail::confine::landlock_abi() == 0 {
+    // The level the trust asks for, or a refusal that says why and what would make it possible.
+    let resolved = crate::levels::resolve_here(policy).map_err(RunError::Unsupported)?;
+    let container = resolved.level == stockade_policy::Level::Container;
+    // Above the container level Landlock is the guest kernel's (microvm) or not applicable (gvisor).
+    if container && policy.security.landlock && stockade_jail::confine::landlock_abi() == 0 {
         if !allow_weaker {
             return Err(RunError::Unsupported(
                 "landlock: this kernel does not offer Landlock; use --allow-weaker-isolation to run without it".into(),
@@ -193,7 +197,7 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
     // The launcher starts now and waits for its plan on a pipe: its exec and start-up overlap
     // with the seccomp compile, the audit log and the cgroup set-up below. Any failure before the
     // plan is sent drops the pipes, and the launcher exits without building anything.
-    let launched = spawn_launcher(allow_weaker)
+    let launched = crate::backend::spawn(&resolved, allow_weaker)
         .map_err(|e| RunError::Launch(format!("starting the launcher: {e}")))?;
     let mut launched = LaunchGuard(Some(launched));
     let seccomp = if policy.security.seccomp {
@@ -207,7 +211,8 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
         None
     };
     let id = format!("{:016x}", random_u64());
-    let sandbox_span = tracing::info_span!("sandbox", sandbox_id = %id, level = "container");
+    let sandbox_span =
+        tracing::info_span!("sandbox", sandbox_id = %id, level = resolved.level.as_str());
     let _in_sandbox = sandbox_span.enter();
     let audit = match opts.audit.as_mut() {
         Some(a) => Some(Audit::open(a, &id, policy).map_err(RunError::Audit)?),
@@ -231,7 +236,16 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
     let git = (policy.workspace.protect_git && policy.workspace.mode == WorkspaceMode::Rw)
         .then(|| crate::git::prepare(&workspace))
         .flatten();
-    let plan = plan::build(policy, argv, &host_facts(workspace.clone()), extras);
+    let mut plan = plan::build(policy, argv, &host_facts(workspace.clone()), extras);
+    plan.backend = match crate::backend::spec(&resolved, policy, &id) {
+        Ok(b) => b,
+        Err(e) => {
+            if let Some(cg) = cg {
+                let _ = cg.destroy();
+            }
+            return Err(e);
+        }
+    };
     let weakenings: Vec<String> = notices
         .iter()
         .filter(|n| n.starts_with("weaker isolation"))
@@ -246,6 +260,7 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
         weakenings,
         git: git.as_ref(),
         interceptor: secrets.as_ref().map(|s| s.interceptor.clone()),
+        resolved: &resolved,
     };
     let result = match launched.0.take() {
         Some(l) => supervise(&ctx, l),
@@ -314,6 +329,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) git: Option<&'a crate::git::GitGuard>,
     /// The secret-injecting TLS interceptor, when the policy has secrets.
     pub(crate) interceptor: Option<std::sync::Arc<stockade_gateway::intercept::Interceptor>>,
+    /// The isolation level this sandbox runs at.
+    pub(crate) resolved: &'a crate::levels::Resolved,
 }
 
 fn human(b: ByteSize) -> String {
@@ -363,7 +380,15 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
     tracing::debug!("phase: workspace snapshot taken");
     let mut notices = Vec::new();
     // Marks are placed before the plan is sent, so the command cannot read first.
+    let container = plan.backend.is_none();
     let reads = match (audit, plan.idmap_host_uid) {
+        (Some(_), _) if !container && !policy.audit.sensitive.is_empty() => {
+            notices.push(format!(
+                "audit: file.read events are not available at the {} level (the opener is inside the backend)",
+                ctx.resolved.level.as_str()
+            ));
+            None
+        }
         (Some(a), Some(uid)) if !policy.audit.sensitive.is_empty() => {
             match a.watch_reads(workspace, &policy.audit.sensitive, uid, exec_id) {
                 Ok(w) => Some(w),
@@ -487,7 +512,7 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
                 exec_span = Some(tracing::info_span!("exec", exec_id).entered());
                 if let Some(a) = audit {
                     a.emit(Some(exec_id), audit::exec_started(plan));
-                    if let Some(uid) = plan.idmap_host_uid {
+                    if let (Some(uid), true) = (plan.idmap_host_uid, container) {
                         violations = a.watch_violations(uid, exec_id);
                     }
                 }

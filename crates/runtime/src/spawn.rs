@@ -43,6 +43,12 @@ fn high(fd: OwnedFd) -> io::Result<OwnedFd> {
 }
 
 pub fn spawn_launcher(allow_weaker: bool) -> io::Result<Launched> {
+    spawn_helper("__launch", allow_weaker)
+}
+
+/// Starts `/proc/self/exe <sub>` (`__launch`, or `__vmm` for the stronger levels) with the
+/// launcher's descriptors.
+pub fn spawn_helper(sub: &str, allow_weaker: bool) -> io::Result<Launched> {
     let (ctrl_ours, ctrl_theirs) = UnixStream::pair()?;
     let (plan_r, plan_w) = pipe()?;
     let (live_r, live_w) = pipe()?;
@@ -58,7 +64,7 @@ pub fn spawn_launcher(allow_weaker: bool) -> io::Result<Launched> {
         (live_r.as_raw_fd(), LIVENESS_FD),
     ];
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg("__launch");
+    cmd.arg(sub);
     if allow_weaker {
         cmd.arg(ALLOW_WEAKER_ARG);
     }

@@ -47,6 +47,7 @@ impl ExecInner {
         pid: i32,
         claimed: u8,
         mut fds: Vec<OwnedFd>,
+        tunneled: bool,
     ) -> Result<ExecInner, String> {
         let want = usize::from(p.spec.stdin && p.spec.pty.is_none())
             + if p.spec.pty.is_some() { 1 } else { 2 };
@@ -68,7 +69,13 @@ impl ExecInner {
         }
         if p.spec.pty.is_some() {
             let master = fds.remove(0);
-            if !is_type(&master, rustix::fs::FileType::CharacterDevice) {
+            // Through a tunnel the PTY's bytes come on a socket; resizing is a request then.
+            let kind = if tunneled {
+                rustix::fs::FileType::Socket
+            } else {
+                rustix::fs::FileType::CharacterDevice
+            };
+            if !is_type(&master, kind) {
                 return Err("the PTY master is not a terminal device".into());
             }
             let dup = master
@@ -265,6 +272,16 @@ impl ExecHandle {
             ws_xpixel: 0,
             ws_ypixel: 0,
         };
+        if is_type(m, rustix::fs::FileType::Socket) {
+            // Through a tunnel: the agent resizes the master it kept.
+            let s = self.inner.session.upgrade().ok_or(SessionError::Gone)?;
+            return s
+                .send(&SupervisorMsg::Resize {
+                    id: self.inner.req,
+                    size,
+                })
+                .map_err(|_| SessionError::Gone);
+        }
         // SAFETY: TIOCSWINSZ reads one winsize struct from the valid pointer; `m` is an open
         // PTY master owned by this handle.
         let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) };

@@ -26,7 +26,7 @@ use crate::audit::{self, Audit, AuditOptions};
 use crate::container::{Ctx, LaunchGuard, host_facts, random_u64, resolve_workspace};
 use crate::error::RunError;
 use crate::plan::{self, Extras};
-use crate::spawn::{Launched, spawn_launcher};
+use crate::spawn::Launched;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::io::Write;
@@ -220,6 +220,10 @@ struct Inner {
     report: OnceLock<DestroyReport>,
     destroying: Mutex<()>,
     recovery: RecoveryRecord,
+    /// Above the container level descriptors cross a tunnel: an exec's PTY arrives as a socket
+    /// and an opened file as a pipe (see `stockade_agent::tunnel`).
+    tunneled: bool,
+    level: crate::levels::Resolved,
 }
 
 /// A running session sandbox. Cheap to clone; every clone is the same sandbox. When the last
@@ -364,7 +368,10 @@ impl Session {
             stockade_policy::check_sensitive_paths(policy, &ws).map_err(RunError::Usage)?;
             ws
         };
-        if policy.security.landlock && stockade_jail::confine::landlock_abi() == 0 {
+        // The level the trust asks for, or a refusal that says why and what would make it possible.
+        let resolved = crate::levels::resolve_here(policy).map_err(RunError::Unsupported)?;
+        let container = resolved.level == stockade_policy::Level::Container;
+        if container && policy.security.landlock && stockade_jail::confine::landlock_abi() == 0 {
             if !allow_weaker {
                 return Err(RunError::Unsupported(
                     "landlock: this kernel does not offer Landlock".into(),
@@ -375,7 +382,7 @@ impl Session {
         if !policy.security.landlock {
             weakenings.push("weaker isolation: Landlock disabled by policy".into());
         }
-        let launched = spawn_launcher(allow_weaker)
+        let launched = crate::backend::spawn(&resolved, allow_weaker)
             .map_err(|e| RunError::Launch(format!("starting the launcher: {e}")))?;
         let mut launched = LaunchGuard(Some(launched));
         let seccomp = if policy.security.seccomp {
@@ -456,6 +463,10 @@ impl Session {
             &user_name,
         );
         plan.session = true;
+        plan.backend = match crate::backend::spec(&resolved, policy, &id) {
+            Ok(b) => b,
+            Err(e) => return Err(cleanup(cg, &audit, e)),
+        };
         let home = plan.home.display().to_string();
         let body = match serde_json::to_vec(&plan) {
             Ok(b) => b,
@@ -552,9 +563,10 @@ impl Session {
                 weakenings: weakenings.clone(),
                 git: git.as_ref(),
                 interceptor: secrets.as_ref().map(|s| s.interceptor.clone()),
+                resolved: &resolved,
             };
             a.emit(None, audit::created(&ctx, &enforced));
-            if let Some(uid) = plan.idmap_host_uid {
+            if let (Some(uid), true) = (plan.idmap_host_uid, container) {
                 violations = a.watch_violations(uid, "session");
             }
             // The start is on record before anyone is told the sandbox exists: each event is one
@@ -624,6 +636,8 @@ impl Session {
             report: OnceLock::new(),
             destroying: Mutex::new(()),
             recovery,
+            tunneled: !container,
+            level: resolved.clone(),
         });
         let weak = Arc::downgrade(&inner);
         let emitter = audit.as_ref().map(|a| a.emitter());
@@ -666,6 +680,11 @@ impl Session {
     }
 
     /// Login name inside.
+    /// The isolation level it runs at.
+    pub fn level(&self) -> &crate::levels::Resolved {
+        &self.inner.level
+    }
+
     pub fn user(&self) -> &str {
         &self.inner.user
     }
@@ -869,12 +888,16 @@ impl Session {
         match self.request(op).await? {
             (FsReply::Opened { entry }, Some(fd)) => {
                 // The descriptor comes from inside: it must be a regular file, whatever the
-                // agent claims, so reading it ends and writing it cannot reach a device.
+                // agent claims, so reading it ends and writing it cannot reach a device. Through
+                // a tunnel it is the host end of a pipe the tunnel made (the file stays inside).
                 let st = rustix::fs::fstat(&fd)
                     .map_err(|e| SessionError::Protocol(format!("fstat: {e}")))?;
-                if rustix::fs::FileType::from_raw_mode(st.st_mode)
-                    != rustix::fs::FileType::RegularFile
-                {
+                let want = if self.inner.tunneled {
+                    rustix::fs::FileType::Fifo
+                } else {
+                    rustix::fs::FileType::RegularFile
+                };
+                if rustix::fs::FileType::from_raw_mode(st.st_mode) != want {
                     return Err(SessionError::Protocol(
                         "the agent handed over something other than a regular file".into(),
                     ));
@@ -1230,7 +1253,7 @@ fn read_loop(
                 let Some((tx, placeholder)) = waiting else {
                     continue; // nobody asked: its descriptors are dropped here
                 };
-                match ExecInner::from_started(&placeholder, pid, fds, got) {
+                match ExecInner::from_started(&placeholder, pid, fds, got, s.tunneled) {
                     Ok(x) => {
                         let x = Arc::new(x);
                         if let Ok(mut st) = s.state.lock() {
