@@ -19,12 +19,32 @@ struct LevelReport {
     level: &'static str,
     available: bool,
     reason: String,
+    /// What was tried for this level (gvisor: runsc, each platform; microvm: QEMU, KVM, TCG,
+    /// the guest assets).
+    details: Vec<Check>,
+}
+
+/// Whether this host can serve a trust level, at which level, and with what settings.
+#[derive(Debug, PartialEq, Serialize)]
+struct TrustReport {
+    trust: &'static str,
+    servable: bool,
+    /// The level it runs at (`container`, `gvisor (ptrace)`, `microvm (tcg)`), when servable.
+    level: Option<String>,
+    /// Policy settings it needs here (empty: none).
+    settings: Vec<&'static str>,
+    /// Why (the resolver's reason or refusal).
+    reason: String,
+    /// When settings are needed: the resolver's refusal without them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    without_settings: Option<String>,
 }
 
 #[derive(Serialize)]
 struct Report {
     checks: Vec<Check>,
     levels: Vec<LevelReport>,
+    trust: Vec<TrustReport>,
 }
 
 fn read(p: &str) -> Option<String> {
@@ -248,15 +268,6 @@ fn misc_checks() -> Vec<Check> {
             "nf_tables not seen (not needed: loopback-only network)".into()
         },
     });
-    let runsc = which("runsc");
-    out.push(Check {
-        name: "runsc",
-        ok: runsc.is_some(),
-        detail: runsc.map_or("not installed (apt-get install runsc)".into(), |p| {
-            p.display().to_string()
-        }),
-    });
-    out.push(kvm_check());
     let vsock = Path::new("/dev/vhost-vsock").exists();
     out.push(Check {
         name: "vhost-vsock",
@@ -311,15 +322,7 @@ fn misc_checks() -> Vec<Check> {
     out
 }
 
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-}
-
-fn kvm_check() -> Check {
+fn dev_kvm_check() -> Check {
     use std::os::fd::AsRawFd;
     match std::fs::OpenOptions::new()
         .read(true)
@@ -327,19 +330,19 @@ fn kvm_check() -> Check {
         .open("/dev/kvm")
     {
         Err(e) => Check {
-            name: "kvm",
+            name: "/dev/kvm",
             ok: false,
-            detail: format!("/dev/kvm: {e}"),
+            detail: e.to_string(),
         },
         Ok(f) => {
             const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
             // SAFETY: KVM_GET_API_VERSION takes no argument; `f` is an open /dev/kvm descriptor.
             let v = unsafe { libc::ioctl(f.as_raw_fd(), KVM_GET_API_VERSION, 0) };
             Check {
-                name: "kvm",
+                name: "/dev/kvm",
                 ok: v >= 0,
                 detail: format!(
-                    "/dev/kvm opens, API version {v}; whether a normal guest boots is checked by the microvm level (not built yet)"
+                    "opens, API version {v} (whether a guest kernel runs is the kvm line: tried)"
                 ),
             }
         }
@@ -365,9 +368,11 @@ pub fn run(json: bool) -> ExitCode {
             missing.push(n);
         }
     }
+    let host = stockade_runtime::levels::probe();
     let levels = vec![
         LevelReport {
             level: "container",
+            details: Vec::new(),
             available: container_ok,
             reason: if container_ok {
                 "namespaces, seccomp, Landlock and cgroup limits all available".into()
@@ -380,25 +385,20 @@ pub fn run(json: bool) -> ExitCode {
                 "user namespaces are refused on this host".into()
             },
         },
-        LevelReport {
-            level: "gvisor",
-            available: false,
-            reason: format!(
-                "not implemented in this version{}",
-                if ok("runsc") {
-                    " (runsc is installed)"
-                } else {
-                    "; runsc not installed"
-                }
-            ),
-        },
-        LevelReport {
-            level: "microvm",
-            available: false,
-            reason: "not implemented in this version".into(),
-        },
+        gvisor_report(&host.gvisor),
+        microvm_report(&host),
     ];
-    let report = Report { checks, levels };
+    let container = if container_ok {
+        Ok(())
+    } else {
+        Err(levels[0].reason.clone())
+    };
+    let trust = trust_reports(&host, &container);
+    let report = Report {
+        checks,
+        levels,
+        trust,
+    };
     if json {
         match serde_json::to_string_pretty(&report) {
             Ok(s) => println!("{s}"),
@@ -428,6 +428,27 @@ pub fn run(json: bool) -> ExitCode {
                 },
                 l.reason
             );
+            for d in &l.details {
+                println!(
+                    "      {:<4} {:<16} {}",
+                    if d.ok { "ok" } else { "no" },
+                    d.name,
+                    d.detail
+                );
+            }
+        }
+        println!();
+        for t in &report.trust {
+            let what = match (&t.level, t.settings.is_empty()) {
+                (Some(l), true) => l.clone(),
+                (Some(l), false) => format!("{l} with {}", t.settings.join(" and ")),
+                (None, _) => "refused".into(),
+            };
+            if t.servable {
+                println!("trust {:<10} ok   {what}", t.trust);
+            } else {
+                println!("trust {:<10} no   {what}: {}", t.trust, t.reason);
+            }
         }
     }
     ExitCode::SUCCESS
@@ -437,4 +458,441 @@ pub fn run(json: bool) -> ExitCode {
 /// the same socket the violation watcher opens.
 fn audit_netlink_readable() -> bool {
     stockade_runtime::kmsg::open_netlink().is_some()
+}
+
+/// The first line a tool prints for `--version`.
+fn version_of(bin: &Path) -> String {
+    Command::new(bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(|l| l.trim().to_string())
+        })
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| "version unknown".into())
+}
+
+fn gvisor_report(probed: &Result<String, String>) -> LevelReport {
+    let mut details = Vec::new();
+    match stockade_runtime::gvisor::runsc_binary() {
+        Ok(runsc) => {
+            details.push(Check {
+                name: "runsc",
+                ok: true,
+                detail: format!("{} ({})", runsc.display(), version_of(&runsc)),
+            });
+            details.extend(gvisor_platforms(&runsc));
+        }
+        Err(e) => details.push(Check {
+            name: "runsc",
+            ok: false,
+            detail: e,
+        }),
+    }
+    LevelReport {
+        level: "gvisor",
+        available: probed.is_ok(),
+        reason: match probed {
+            Ok(p) => format!("runsc works here with platform {p}"),
+            Err(e) => e.clone(),
+        },
+        details,
+    }
+}
+
+/// Each runsc platform, tried the way the gvisor level's probe tries them (a throwaway
+/// container running the host's `/bin/true` on a read-only `/`), so the report says why the
+/// others do not work. Needs root, like the gvisor level.
+fn gvisor_platforms(runsc: &Path) -> Vec<Check> {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return vec![Check {
+            name: "platforms",
+            ok: false,
+            detail: "not tried: the gvisor level (and this check) needs root".into(),
+        }];
+    }
+    let work = match tempdir("stockade-doctor-gvisor-") {
+        Ok(w) => w,
+        Err(e) => {
+            return vec![Check {
+                name: "platforms",
+                ok: false,
+                detail: format!("not tried: {e}"),
+            }];
+        }
+    };
+    let bundle = work.join("bundle");
+    let state = work.join("state");
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["/bin/true"],
+            "env": [], "cwd": "/", "noNewPrivileges": true,
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+        },
+        "root": {"path": "/", "readonly": true},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [
+            {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"},
+        ]},
+    });
+    let written = std::fs::create_dir_all(&bundle)
+        .and_then(|()| std::fs::create_dir_all(&state))
+        .and_then(|()| std::fs::write(bundle.join("config.json"), config.to_string()));
+    let out = match written {
+        Err(e) => vec![Check {
+            name: "platforms",
+            ok: false,
+            detail: format!(
+                "not tried: writing the bundle under {}: {e}",
+                work.display()
+            ),
+        }],
+        Ok(()) => [("systrap", 10), ("kvm", 5), ("ptrace", 20)]
+            .into_iter()
+            .map(|(platform, secs)| {
+                let id = format!("stockade-doctor-{}-{platform}", std::process::id());
+                let r = try_platform(runsc, platform, &state, &bundle, &id, secs);
+                stockade_runtime::gvisor::cleanup(runsc, &state, &id);
+                Check {
+                    name: match platform {
+                        "systrap" => "platform systrap",
+                        "kvm" => "platform kvm",
+                        _ => "platform ptrace",
+                    },
+                    ok: r.is_ok(),
+                    detail: match r {
+                        Ok(ms) => format!("ran /bin/true in {ms} ms"),
+                        Err(e) => e,
+                    },
+                }
+            })
+            .collect(),
+    };
+    let _ = std::fs::remove_dir_all(&work);
+    out
+}
+
+fn try_platform(
+    runsc: &Path,
+    platform: &str,
+    state: &Path,
+    bundle: &Path,
+    id: &str,
+    secs: u64,
+) -> Result<u128, String> {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    if platform == "kvm" && !Path::new("/dev/kvm").exists() {
+        return Err("no /dev/kvm".into());
+    }
+    let start = Instant::now();
+    let mut child = stockade_runtime::gvisor::runsc_command(runsc, platform, state, bundle, id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", runsc.display()))?;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) if start.elapsed() < Duration::from_secs(secs) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            _ => break None,
+        }
+    };
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!(
+            "did not finish within {secs} s (hangs: typically /dev/kvm present without usable \
+             hardware virtualization)"
+        ));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    if status.success() {
+        return Ok(start.elapsed().as_millis());
+    }
+    let last = err
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    Err(format!("{status}: {last}"))
+}
+
+/// A fresh private directory under the temp dir.
+fn tempdir(prefix: &str) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut n = std::process::id() as u64;
+    for _ in 0..16 {
+        let p = std::env::temp_dir().join(format!("{prefix}{n:x}"));
+        match std::fs::DirBuilder::new().mode(0o700).create(&p) {
+            Ok(()) => return Ok(p),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("no free temporary directory name"))
+}
+
+fn microvm_report(host: &stockade_runtime::levels::HostLevels) -> LevelReport {
+    use stockade_runtime::microvm::Assets;
+    let mut details = Vec::new();
+    let assets = Assets::locate();
+    match &assets {
+        Ok(a) => {
+            details.push(Check {
+                name: "qemu",
+                ok: true,
+                detail: format!("{} ({})", a.qemu.display(), version_of(&a.qemu)),
+            });
+            details.push(Check {
+                name: "guest kernel",
+                ok: true,
+                detail: format!(
+                    "{} with {} module(s){}",
+                    a.kernel.display(),
+                    a.modules.len(),
+                    std::fs::read_to_string(a.dir.join("kernel.version"))
+                        .map(|v| format!(", version {}", v.trim()))
+                        .unwrap_or_default()
+                ),
+            });
+        }
+        Err(e) => details.push(Check {
+            name: "assets",
+            ok: false,
+            detail: e.clone(),
+        }),
+    }
+    details.push(match stockade_runtime::backend::guest_binary() {
+        Ok(p) => Check {
+            name: "guest binary",
+            ok: true,
+            detail: p.display().to_string(),
+        },
+        Err(e) => Check {
+            name: "guest binary",
+            ok: false,
+            detail: e,
+        },
+    });
+    details.push(dev_kvm_check());
+    details.push(Check {
+        name: "kvm",
+        ok: host.kvm.is_ok(),
+        detail: match &host.kvm {
+            Ok(()) => "a microVM boots with KVM (tried)".into(),
+            Err(e) => e.clone(),
+        },
+    });
+    details.push(Check {
+        name: "tcg",
+        ok: host.tcg.is_ok(),
+        detail: match &host.tcg {
+            Ok(()) => "a microVM boots under QEMU's TCG software emulation (tried); needs security.allow_emulated".into(),
+            Err(e) => e.clone(),
+        },
+    });
+    let (available, reason) = match (&host.kvm, &host.tcg) {
+        (Ok(()), _) => (true, "microVMs run with KVM".to_string()),
+        (Err(k), Ok(())) => (
+            true,
+            format!(
+                "only under QEMU's TCG software emulation (policies need security.allow_emulated \
+                 = true or --allow-emulated); KVM is not usable: {k}"
+            ),
+        ),
+        (Err(k), Err(t)) => (
+            false,
+            format!("KVM is not usable ({k}); TCG is not either ({t})"),
+        ),
+    };
+    LevelReport {
+        level: "microvm",
+        available,
+        reason,
+        details,
+    }
+}
+
+/// Which trust levels this host can serve, through the runtime's own resolver: first with the
+/// default settings, then with the least the operator would have to allow.
+fn trust_reports(
+    host: &stockade_runtime::levels::HostLevels,
+    container: &Result<(), String>,
+) -> Vec<TrustReport> {
+    use stockade_policy::{Level, Policy, Trust};
+    const EMULATED: &str = "security.allow_emulated = true (--allow-emulated)";
+    const GVISOR: &str =
+        "security.allow_gvisor_for_untrusted = true (--allow-gvisor-for-untrusted)";
+    Trust::ALL
+        .into_iter()
+        .map(|trust| {
+            let mut first_refusal = None;
+            for settings in [vec![], vec![EMULATED], vec![GVISOR], vec![EMULATED, GVISOR]] {
+                if trust != Trust::Untrusted && settings.contains(&GVISOR) {
+                    continue;
+                }
+                let mut p = Policy {
+                    trust: Some(trust),
+                    ..Default::default()
+                };
+                p.security.allow_emulated = settings.contains(&EMULATED);
+                p.security.allow_gvisor_for_untrusted = settings.contains(&GVISOR);
+                match stockade_runtime::levels::resolve(&p, host) {
+                    Ok(r) => {
+                        if r.level == Level::Container
+                            && let Err(e) = container
+                        {
+                            return TrustReport {
+                                trust: trust.as_str(),
+                                servable: false,
+                                level: None,
+                                settings: Vec::new(),
+                                reason: format!("the container level is not available: {e}"),
+                                without_settings: None,
+                            };
+                        }
+                        return TrustReport {
+                            trust: trust.as_str(),
+                            servable: true,
+                            level: Some(r.describe()),
+                            settings,
+                            reason: r.why,
+                            without_settings: first_refusal,
+                        };
+                    }
+                    Err(e) => {
+                        first_refusal.get_or_insert(e);
+                    }
+                }
+            }
+            TrustReport {
+                trust: trust.as_str(),
+                servable: false,
+                level: None,
+                settings: Vec::new(),
+                reason: first_refusal.unwrap_or_default(),
+                without_settings: None,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use stockade_runtime::levels::HostLevels;
+
+    fn host(g: bool, k: bool, t: bool) -> HostLevels {
+        HostLevels {
+            gvisor: if g {
+                Ok("ptrace".into())
+            } else {
+                Err("no runsc".into())
+            },
+            kvm: if k { Ok(()) } else { Err("no VT-x".into()) },
+            tcg: if t { Ok(()) } else { Err("no qemu".into()) },
+        }
+    }
+
+    fn line(r: &TrustReport) -> String {
+        format!(
+            "{} {} {} [{}]",
+            r.trust,
+            r.servable,
+            r.level.as_deref().unwrap_or("-"),
+            r.settings.join(", ")
+        )
+    }
+
+    #[test]
+    fn trust_levels_this_host_can_serve() {
+        // This machine kind: runsc ptrace, no KVM, TCG works.
+        let got: Vec<String> = trust_reports(&host(true, false, true), &Ok(()))
+            .iter()
+            .map(line)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "trusted true container []",
+                "internal true gvisor (ptrace) []",
+                "untrusted true microvm (tcg) [security.allow_emulated = true (--allow-emulated)]",
+            ]
+        );
+        let r = trust_reports(&host(true, false, true), &Ok(()));
+        let without = r[2].without_settings.as_deref().unwrap();
+        assert!(
+            without.starts_with("untrusted needs a microVM: KVM is not usable here (no VT-x)"),
+            "{without}"
+        );
+        assert!(r[2].reason.contains("TCG"), "{}", r[2].reason);
+        assert_eq!(r[1].without_settings, None);
+        // KVM everywhere: no settings needed.
+        let got: Vec<String> = trust_reports(&host(false, true, true), &Ok(()))
+            .iter()
+            .map(line)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "trusted true container []",
+                "internal true microvm (kvm) []",
+                "untrusted true microvm (kvm) []",
+            ]
+        );
+        // Only gVisor: untrusted needs the operator's consent.
+        let got: Vec<String> = trust_reports(&host(true, false, false), &Ok(()))
+            .iter()
+            .map(line)
+            .collect();
+        assert_eq!(
+            got[2],
+            "untrusted true gvisor (ptrace) [security.allow_gvisor_for_untrusted = true (--allow-gvisor-for-untrusted)]"
+        );
+        // Nothing but containers, and those broken too.
+        let r = trust_reports(
+            &host(false, false, false),
+            &Err("user namespaces are refused".into()),
+        );
+        assert_eq!(
+            r.iter().map(line).collect::<Vec<_>>(),
+            [
+                "trusted false - []",
+                "internal false - []",
+                "untrusted false - []"
+            ]
+        );
+        assert!(
+            r[0].reason.contains("user namespaces are refused"),
+            "{}",
+            r[0].reason
+        );
+        assert!(
+            r[1].reason.contains("no runsc") && r[1].reason.contains("no VT-x"),
+            "{}",
+            r[1].reason
+        );
+    }
 }

@@ -3,7 +3,8 @@
 use clap::Args;
 use std::path::PathBuf;
 use stockade_policy::{
-    ByteSize, Mount, MountMode, NetworkMode, Overrides, SecretSource, WorkspaceMode, parse_duration,
+    ByteSize, Level, Mount, MountMode, NetworkMode, Overrides, SecretSource, Trust, WorkspaceMode,
+    parse_duration,
 };
 
 #[derive(Args, Debug)]
@@ -29,6 +30,20 @@ pub struct RunArgs {
 
 #[derive(Args, Debug, Default)]
 pub struct OverrideArgs {
+    /// Isolation level: container, gvisor (the system's runsc) or microvm (QEMU -M microvm);
+    /// refused when this host cannot give it [default: picked by --trust; container without]
+    #[arg(long, value_name = "LEVEL", value_parser = ["container", "gvisor", "microvm"])]
+    pub level: Option<String>,
+    /// Who wrote the code: trusted (container or stronger), internal (gvisor or microvm),
+    /// untrusted (microvm; gvisor with --allow-gvisor-for-untrusted). Picks the level.
+    #[arg(long, value_name = "TRUST", value_parser = ["trusted", "internal", "untrusted"])]
+    pub trust: Option<String>,
+    /// Let a microVM run under QEMU's TCG software emulation when KVM is not usable (slower).
+    #[arg(long)]
+    pub allow_emulated: bool,
+    /// Accept gVisor for --trust untrusted (which otherwise needs a microVM).
+    #[arg(long)]
+    pub allow_gvisor_for_untrusted: bool,
     /// Host directory mounted at the same path inside and used as the working directory [default: .]
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
@@ -166,6 +181,20 @@ impl OverrideArgs {
         }
         let on = |v: &Option<String>| v.as_deref().map(|s| s == "on");
         Ok(Overrides {
+            level: self
+                .level
+                .as_deref()
+                .map(str::parse::<Level>)
+                .transpose()
+                .map_err(|e| format!("--level: {e}"))?,
+            trust: self
+                .trust
+                .as_deref()
+                .map(str::parse::<Trust>)
+                .transpose()
+                .map_err(|e| format!("--trust: {e}"))?,
+            allow_emulated: self.allow_emulated.then_some(true),
+            allow_gvisor_for_untrusted: self.allow_gvisor_for_untrusted.then_some(true),
             workspace: self.workspace.clone(),
             workspace_mode: self.workspace_mode.as_deref().map(|m| match m {
                 "ro" => WorkspaceMode::Ro,
@@ -237,4 +266,77 @@ pub fn defaults_help() -> String {
     }
     s.push_str("\nExit status: CMD's status; 128+N when killed by signal N; 125 stockade failed; 126 not executable; 127 not found.\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        o: OverrideArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Overrides, String> {
+        let t = T::try_parse_from(std::iter::once("t").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        t.o.to_overrides()
+    }
+
+    #[test]
+    fn level_and_trust_flags() {
+        let o = parse(&[
+            "--level",
+            "microvm",
+            "--trust",
+            "untrusted",
+            "--allow-emulated",
+            "--allow-gvisor-for-untrusted",
+        ])
+        .unwrap();
+        assert_eq!(o.level, Some(Level::Microvm));
+        assert_eq!(o.trust, Some(Trust::Untrusted));
+        assert_eq!(o.allow_emulated, Some(true));
+        assert_eq!(o.allow_gvisor_for_untrusted, Some(true));
+        let none = parse(&[]).unwrap();
+        assert_eq!(
+            (
+                none.level,
+                none.trust,
+                none.allow_emulated,
+                none.allow_gvisor_for_untrusted
+            ),
+            (None, None, None, None)
+        );
+        for l in ["container", "gvisor", "microvm"] {
+            assert_eq!(parse(&["--level", l]).unwrap().level.unwrap().as_str(), l);
+        }
+        for t in ["trusted", "internal", "untrusted"] {
+            assert_eq!(parse(&["--trust", t]).unwrap().trust.unwrap().as_str(), t);
+        }
+        let e = parse(&["--level", "kvm"]).unwrap_err();
+        assert!(
+            e.contains("invalid value 'kvm' for '--level <LEVEL>'"),
+            "{e}"
+        );
+        let e = parse(&["--trust", "nobody"]).unwrap_err();
+        assert!(
+            e.contains("invalid value 'nobody' for '--trust <TRUST>'"),
+            "{e}"
+        );
+        // Applied: a file's level weaker than --trust is refused, naming the flag.
+        let mut p =
+            stockade_policy::Policy::from_toml("level = \"container\"\n", "p.toml").unwrap();
+        let e = p
+            .apply(&parse(&["--trust", "untrusted"]).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--trust: level \"container\" is weaker than trust = \"untrusted\""),
+            "{e}"
+        );
+    }
 }
