@@ -29,7 +29,14 @@ pub struct CgroupEnforced {
 /// What was actually in force for a sandbox (not what was asked for).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Enforcement {
+    /// The isolation level actually used: `container`, `gvisor` or `microvm`.
     pub level: String,
+    /// microvm only: `kvm` or `tcg` (QEMU's software emulation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<String>,
+    /// gvisor only: the runsc platform (e.g. `ptrace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
     pub namespaces: Vec<String>,
     pub seccomp: String,
     pub landlock: String,

@@ -134,6 +134,8 @@ fn enforced(seccomp: &str, weakenings: &[&str]) -> Enforcement {
     };
     Enforcement {
         level: "container".into(),
+        accel: None,
+        platform: None,
         namespaces: ["user", "mount", "pid", "net", "ipc", "uts", "cgroup"]
             .map(String::from)
             .to_vec(),

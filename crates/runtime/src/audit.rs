@@ -3,6 +3,7 @@
 //! remembers the first write failure so the run can report it instead of losing it silently.
 
 use crate::container::Ctx;
+use crate::levels::Resolved;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use stockade_agent::protocol::{Change, ChangeKind};
@@ -10,8 +11,9 @@ use stockade_audit::{
     CgroupEnforced, Enforcement, EventKind, Observer, Recorder, Redactor, StateDir,
 };
 use stockade_jail::confine::Enforced;
+use stockade_jail::plan::Accel;
 use stockade_jail::plan::SandboxPlan;
-use stockade_policy::Policy;
+use stockade_policy::{Level, Policy};
 
 /// How the caller wants the trail kept.
 pub struct AuditOptions {
@@ -141,8 +143,35 @@ impl Audit {
     }
 }
 
-/// `sandbox.created` with what was actually enforced.
+/// The level part of `sandbox.created`: the level actually used, its accelerator (microvm) or
+/// runsc platform (gvisor), and the namespaces the sandboxed code is in.
+fn level_fields(r: &Resolved) -> (String, Option<String>, Option<String>, Vec<String>) {
+    let namespaces: &[&str] = match r.level {
+        // The OCI bundle's namespaces, inside gVisor's user-space kernel (no nested jail there).
+        Level::Gvisor => &["pid", "mount", "net", "ipc", "uts"],
+        // container: the jail's; microvm: the same jail, inside the guest kernel.
+        Level::Container | Level::Microvm => {
+            &["user", "mount", "pid", "net", "ipc", "uts", "cgroup"]
+        }
+    };
+    let accel = match (r.level, r.accel) {
+        (Level::Microvm, Some(Accel::Kvm)) => Some("kvm".to_string()),
+        (Level::Microvm, Some(Accel::Tcg)) => Some("tcg".to_string()),
+        _ => None,
+    };
+    let platform = r.platform.clone().filter(|_| r.level == Level::Gvisor);
+    (
+        r.level.as_str().to_string(),
+        accel,
+        platform,
+        namespaces.iter().map(|s| s.to_string()).collect(),
+    )
+}
+
+/// `sandbox.created` with what was actually enforced, at the level actually used
+/// (`ctx.resolved`).
 pub(crate) fn created(ctx: &Ctx<'_>, e: &Enforced) -> EventKind {
+    let (level, accel, platform, namespaces) = level_fields(ctx.resolved);
     let cgroups = ctx
         .cg
         .map(|cg| {
@@ -160,11 +189,10 @@ pub(crate) fn created(ctx: &Ctx<'_>, e: &Enforced) -> EventKind {
         workspace: ctx.workspace.display().to_string(),
         workspace_mode: ctx.policy.workspace.mode.as_str().to_string(),
         enforced: Enforcement {
-            level: "container".into(),
-            namespaces: ["user", "mount", "pid", "net", "ipc", "uts", "cgroup"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            level,
+            accel,
+            platform,
+            namespaces,
             seccomp: e.seccomp.clone(),
             landlock: e.landlock.clone(),
             landlock_abi: e.landlock_kernel_abi,
@@ -204,4 +232,56 @@ fn self_start_time() -> Option<String> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
     rest.split_whitespace().nth(19).map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn the_level_used_is_recorded() {
+        let (l, a, p, ns) = level_fields(&Resolved::container());
+        assert_eq!((l.as_str(), a, p), ("container", None, None));
+        assert_eq!(ns, ["user", "mount", "pid", "net", "ipc", "uts", "cgroup"]);
+        let vm = |accel| Resolved {
+            level: Level::Microvm,
+            accel: Some(accel),
+            platform: None,
+            why: String::new(),
+        };
+        let (l, a, p, ns) = level_fields(&vm(Accel::Tcg));
+        assert_eq!(
+            (l.as_str(), a.as_deref(), p),
+            ("microvm", Some("tcg"), None)
+        );
+        assert!(ns.contains(&"user".to_string()));
+        let (_, a, _, _) = level_fields(&vm(Accel::Kvm));
+        assert_eq!(a.as_deref(), Some("kvm"));
+        let (l, a, p, ns) = level_fields(&Resolved {
+            level: Level::Gvisor,
+            accel: None,
+            platform: Some("ptrace".into()),
+            why: String::new(),
+        });
+        assert_eq!(
+            (l.as_str(), a, p.as_deref()),
+            ("gvisor", None, Some("ptrace"))
+        );
+        assert!(!ns.contains(&"user".to_string()));
+        // In the event's JSON: accel/platform only where they apply (older trails unchanged).
+        let en = |level: &str, accel: Option<&str>, platform: Option<&str>| {
+            serde_json::to_value(Enforcement {
+                level: level.into(),
+                accel: accel.map(String::from),
+                platform: platform.map(String::from),
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let c = en("container", None, None);
+        assert!(c.get("accel").is_none() && c.get("platform").is_none());
+        assert_eq!(en("microvm", Some("tcg"), None)["accel"], "tcg");
+        assert_eq!(en("gvisor", None, Some("ptrace"))["platform"], "ptrace");
+    }
 }
