@@ -22,7 +22,7 @@ pub const LIVENESS_FD: i32 = 5;
 /// Set in the launcher's argv (not its environment) when weaker isolation was allowed.
 pub const ALLOW_WEAKER_ARG: &str = "--allow-weaker-isolation";
 
-fn single_threaded() -> bool {
+pub(crate) fn single_threaded() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .map(|s| {
             s.lines()

@@ -8,6 +8,7 @@
 //! Tested by unit tests (protocol, change walk) and end to end through the `stockade` binary.
 
 pub mod changes;
+pub mod direct;
 pub mod fsops;
 pub mod guest_boot;
 pub mod launcher;

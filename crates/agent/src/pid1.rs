@@ -5,6 +5,9 @@
 //! none: SIGCHLD is blocked and read from a signalfd. It is non-dumpable, so the command (same
 //! uid) cannot open /proc/1/mem or /proc/1/fd.
 //!
+//! The same end ([`serve`]: Ready, Go, the command or session, kill everything, report) serves
+//! the gvisor level's agent (`crate::direct`), which runs in a root runsc built instead.
+//!
 //! In session mode (`plan.session`) there is no command: after `Go` the agent serves requests
 //! (see [`crate::session`]) until `Stop`, then ends exactly as after a command.
 
@@ -16,23 +19,74 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use stockade_jail::confine::{self, Enforced};
 use stockade_jail::launch::{self, CgroupGate};
 use stockade_jail::plan::{Rlimit, SandboxPlan};
 use stockade_jail::rootfs::{self, PreOpened};
 use stockade_jail::seccomp::SeccompProgram;
-use stockade_jail::{confine, sys};
+use stockade_jail::sys;
 
 /// Most entries an overlay change report carries.
 const CHANGE_LIMIT: usize = 100_000;
 
-fn exit(code: i32) -> ! {
-    // SAFETY: _exit never returns; skipping atexit handlers is intended in PID 1.
+pub(crate) fn exit(code: i32) -> ! {
+    // SAFETY: _exit never returns; skipping atexit handlers is intended in the agent.
     unsafe { libc::_exit(code) }
 }
 
-fn setup_failed(ctrl: &mut UnixStream, message: String) -> ! {
+pub(crate) fn setup_failed(ctrl: &mut UnixStream, message: String) -> ! {
     let _ = write_frame(ctrl, &AgentMsg::SetupFailed { message });
     exit(125)
+}
+
+/// What the set-up hands to the common end ([`serve`]).
+pub(crate) struct Prepared {
+    /// What was enforced, for the Ready report.
+    pub(crate) enforced: Enforced,
+    /// The egress bridge (network allowlist mode).
+    pub(crate) bridge: Option<crate::net::Bridge>,
+    /// An overlay workspace's layers (upper, lower), read for the change report.
+    pub(crate) layers: Option<(PathBuf, PathBuf)>,
+    /// Keeps the layers' descriptors open until the report.
+    pub(crate) _built: Option<rootfs::BuiltRoot>,
+}
+
+/// The hostname check/set step, shared by both set-ups.
+pub(crate) fn set_hostname(plan: &SandboxPlan) -> Result<(), String> {
+    sys::sethostname(&plan.hostname).map_err(|e| format!("setting hostname: {e}"))
+}
+
+/// Binds the egress bridge when the plan asks for it (loopback must be up).
+pub(crate) fn bind_bridge(plan: &SandboxPlan) -> Result<Option<crate::net::Bridge>, String> {
+    if !plan.egress {
+        return Ok(None);
+    }
+    crate::net::Bridge::bind()
+        .map(Some)
+        .map_err(|e| format!("network: binding the DNS and proxy ports: {e}"))
+}
+
+/// The working directory and the plan's rlimits (lowered, never raised).
+pub(crate) fn cwd_and_rlimits(plan: &SandboxPlan) -> Result<(), String> {
+    std::env::set_current_dir(&plan.cwd)
+        .map_err(|e| format!("entering {}: {e}", plan.cwd.display()))?;
+    for r in &plan.rlimits {
+        let (res, v, what) = match *r {
+            Rlimit::NoFile(v) => (libc::RLIMIT_NOFILE, v, "open files"),
+            Rlimit::Core(v) => (libc::RLIMIT_CORE, v, "core size"),
+        };
+        sys::lower_rlimit(res, v).map_err(|e| format!("setting the {what} limit: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The plan's compiled seccomp program, parsed (applied later, last).
+pub(crate) fn seccomp_program(plan: &SandboxPlan) -> Result<Option<SeccompProgram>, String> {
+    plan.seccomp
+        .as_deref()
+        .map(SeccompProgram::from_bytes)
+        .transpose()
+        .map_err(|e| format!("loading the seccomp program: {e}"))
 }
 
 /// Runs as PID 1 until the command ends; never returns.
@@ -43,94 +97,77 @@ pub fn run(
     mut ctrl: UnixStream,
     allow_weaker: bool,
 ) -> ! {
-    if plan.egress
-        && let Err(e) = crate::net::allow_low_ports()
-    {
-        setup_failed(&mut ctrl, format!("network: {e}"));
-    }
-    let built = match rootfs::build(plan, pre) {
-        Ok(b) => b,
-        Err(e) => setup_failed(&mut ctrl, format!("building the sandbox root: {e}")),
-    };
-    // The launcher joined us to our cgroups while the root was built; from here on the limits hold.
-    if let Err(e) = launch::enter_cgroups(gate) {
-        setup_failed(&mut ctrl, e.to_string());
-    }
-    if let Err(e) = sys::sethostname(&plan.hostname) {
-        setup_failed(&mut ctrl, format!("setting hostname: {e}"));
-    }
-    if let Err(e) = sys::loopback_up() {
-        setup_failed(&mut ctrl, format!("bringing up loopback: {e}"));
-    }
-    let mut bridge = if plan.egress {
-        match crate::net::Bridge::bind() {
-            Ok(b) => Some(b),
-            Err(e) => setup_failed(
-                &mut ctrl,
-                format!("network: binding the DNS and proxy ports: {e}"),
-            ),
-        }
-    } else {
-        None
-    };
-    if let Err(e) = std::env::set_current_dir(&plan.cwd) {
-        setup_failed(&mut ctrl, format!("entering {}: {e}", plan.cwd.display()));
-    }
-    for r in &plan.rlimits {
-        let (res, v, what) = match *r {
-            Rlimit::NoFile(v) => (libc::RLIMIT_NOFILE, v, "open files"),
-            Rlimit::Core(v) => (libc::RLIMIT_CORE, v, "core size"),
-        };
-        if let Err(e) = sys::lower_rlimit(res, v) {
-            setup_failed(&mut ctrl, format!("setting the {what} limit: {e}"));
-        }
-    }
-    let seccomp = match plan
-        .seccomp
-        .as_deref()
-        .map(SeccompProgram::from_bytes)
-        .transpose()
-    {
+    let prepared = match setup(plan, pre, gate, allow_weaker) {
         Ok(p) => p,
-        Err(e) => setup_failed(&mut ctrl, format!("loading the seccomp program: {e}")),
+        Err(message) => setup_failed(&mut ctrl, message),
     };
-    let mut ruleset = match confine::prepare_landlock(&plan.landlock) {
-        Ok(r) => r,
-        Err(e) => setup_failed(&mut ctrl, e.to_string()),
-    };
+    serve(plan, ctrl, prepared)
+}
+
+/// The container level's set-up: the root, cgroups, hostname, loopback, the bridge, cwd,
+/// rlimits, then identity, Landlock and seccomp.
+fn setup(
+    plan: &SandboxPlan,
+    pre: PreOpened,
+    gate: CgroupGate,
+    allow_weaker: bool,
+) -> Result<Prepared, String> {
+    if plan.egress {
+        crate::net::allow_low_ports().map_err(|e| format!("network: {e}"))?;
+    }
+    let built = rootfs::build(plan, pre).map_err(|e| format!("building the sandbox root: {e}"))?;
+    // The launcher joined us to our cgroups while the root was built; from here on the limits hold.
+    launch::enter_cgroups(gate).map_err(|e| e.to_string())?;
+    set_hostname(plan)?;
+    sys::loopback_up().map_err(|e| format!("bringing up loopback: {e}"))?;
+    let bridge = bind_bridge(plan)?;
+    cwd_and_rlimits(plan)?;
+    let seccomp = seccomp_program(plan)?;
+    let mut ruleset = confine::prepare_landlock(&plan.landlock).map_err(|e| e.to_string())?;
     // The agent alone reads the overlay's layers (through descriptors, no path leads there).
-    let layer_paths: Option<(PathBuf, PathBuf)> = match (&built.overlay_upper, &built.overlay_lower)
-    {
+    let layers: Option<(PathBuf, PathBuf)> = match (&built.overlay_upper, &built.overlay_lower) {
         (Some(u), Some(l)) => Some((fd_path(u), fd_path(l))),
         _ => None,
     };
     if let (Some(u), Some(l), Some(rs)) = (
         &built.overlay_upper,
         &built.overlay_lower,
-        ruleset.take_if(|_| layer_paths.is_some()),
+        ruleset.take_if(|_| layers.is_some()),
     ) {
         use landlock::{ABI, AccessFs, PathBeneath, RulesetCreatedAttr};
         let read = AccessFs::from_read(ABI::V6);
-        match rs
+        let rs = rs
             .add_rule(PathBeneath::new(u, read))
             .and_then(|rs| rs.add_rule(PathBeneath::new(l, read)))
-        {
-            Ok(rs) => ruleset = Some(rs),
-            Err(e) => setup_failed(&mut ctrl, format!("landlock: {e}")),
-        }
+            .map_err(|e| format!("landlock: {e}"))?;
+        ruleset = Some(rs);
     }
-    if let Err(e) = confine::drop_privileges(plan.uid, plan.gid, plan.idmap_host_uid.is_some()) {
-        setup_failed(&mut ctrl, e.to_string());
-    }
-    let enforced = match confine::restrict(
+    confine::drop_privileges(plan.uid, plan.gid, plan.idmap_host_uid.is_some())
+        .map_err(|e| e.to_string())?;
+    let enforced = confine::restrict(
         ruleset,
         plan.landlock.required,
         allow_weaker,
         seccomp.as_ref(),
-    ) {
-        Ok(e) => e,
-        Err(e) => setup_failed(&mut ctrl, e.to_string()),
-    };
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Prepared {
+        enforced,
+        bridge,
+        layers,
+        _built: Some(built),
+    })
+}
+
+/// The end every agent shares once confined: Ready, wait for Go, the command (or the session's
+/// requests), kill every other process of the sandbox and reap, report. Never returns.
+pub(crate) fn serve(plan: &SandboxPlan, mut ctrl: UnixStream, prepared: Prepared) -> ! {
+    let Prepared {
+        enforced,
+        mut bridge,
+        layers,
+        _built,
+    } = prepared;
     let sfd = match block_sigchld() {
         Ok(fd) => fd,
         Err(e) => setup_failed(&mut ctrl, format!("signalfd: {e}")),
@@ -162,7 +199,7 @@ pub fn run(
         wait_main(pid, &sfd, &mut ctrl, bridge.as_mut())
     };
     kill_all_and_reap();
-    let (changes, changes_error) = match layer_paths {
+    let (changes, changes_error) = match layers {
         Some((u, l)) => match changes::overlay_changes(&u, &l, CHANGE_LIMIT) {
             Ok(c) => (Some(c), None),
             Err(e) => (None, Some(e.to_string())),
@@ -428,7 +465,8 @@ fn wait_main(
                 Ok(Some(
                     SupervisorMsg::Exec(_)
                     | SupervisorMsg::Signal { .. }
-                    | SupervisorMsg::Fs { .. },
+                    | SupervisorMsg::Fs { .. }
+                    | SupervisorMsg::Resize { .. },
                 )) => {}
                 Ok(Some(SupervisorMsg::DnsReply {
                     token,
@@ -482,13 +520,54 @@ fn reap_blocking(main: i32) -> Termination {
     }
 }
 
-/// Kills every other process of the namespace and reaps them all.
-fn kill_all_and_reap() {
-    // SAFETY: kill(-1) from PID 1 signals every process of this PID namespace but itself.
+/// Kills every other process of the sandbox and reaps them all. kill(-1) signals every process
+/// the caller may signal except itself and the namespace's init: as the sandbox's PID 1 that is
+/// every other process; as the direct-mode agent (a subreaper under the gVisor tunnel, PID 1)
+/// it is every process of the sandbox user, which is everything the agent started.
+pub(crate) fn kill_all_and_reap() {
+    // SAFETY: kill(-1) takes integers only and never signals the caller or PID 1.
     unsafe { libc::kill(-1, libc::SIGKILL) };
     while let Ok((p, _)) = sys::waitpid(-1, 0) {
         if p <= 0 {
             break;
         }
+    }
+    // SAFETY: getpid takes no arguments and cannot fail.
+    if unsafe { libc::getpid() } != 1 {
+        wait_others_gone();
+    }
+}
+
+/// Not PID 1 (the gvisor level): orphans may belong to PID 1, not to us, so waitpid cannot tell
+/// when they are dead. Waits (bounded: 5 s) until /proc lists no live process but PID 1 and
+/// this one; zombies are left for their parent to reap.
+fn wait_others_gone() {
+    // SAFETY: getpid takes no arguments and cannot fail.
+    let me = unsafe { libc::getpid() };
+    let live_other = || -> bool {
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return false;
+        };
+        rd.flatten().any(|e| {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                return false;
+            };
+            if pid == 1 || pid == me {
+                return false;
+            }
+            // State is the field after the parenthesised command name.
+            std::fs::read_to_string(e.path().join("stat")).is_ok_and(|st| {
+                st.rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.chars().next())
+                    .is_some_and(|c| c != 'Z' && c != 'X')
+            })
+        })
+    };
+    let start = std::time::Instant::now();
+    while live_other() && start.elapsed() < std::time::Duration::from_secs(5) {
+        // Anything that raced the first kill (forked meanwhile) is signalled again.
+        // SAFETY: as in kill_all_and_reap.
+        unsafe { libc::kill(-1, libc::SIGKILL) };
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
     }
     match args.get(1).map(String::as_str) {
         Some("__launch") => ExitCode::from(stockade_agent::launcher::main(allow_weaker) as u8),
+        Some("__direct") => ExitCode::from(stockade_agent::direct::main(allow_weaker) as u8),
         Some("__guest") if args.get(2).map(String::as_str) == Some("gvisor") => {
             // SAFETY: runsc gives the container init the transport as fds 0 and 1; nothing else
             // in this fresh process owns them.

@@ -266,3 +266,181 @@ fn cleanup_stops_a_running_container() {
     assert!(!state.exists(), "runsc state left at {}", state.display());
     assert_eq!(procs_with(&id), Vec::<String>::new());
 }
+
+/// The harness that stands in for the guest shim: it gives `stockade-guest __direct` the
+/// launcher's descriptors (3 control socket, 4 plan, 5 liveness), speaks the control protocol
+/// (Ready, Go, Started, Exited) and reports what it saw plus the processes left afterwards.
+const HARNESS: &str = r#"
+import json, os, socket, struct, sys
+guest = sys.argv[1]
+plan = sys.stdin.buffer.read()
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+pr, pw = os.pipe(); lr, lw = os.pipe(); outr, outw = os.pipe()
+pid = os.fork()
+if pid == 0:
+    nul = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(nul, 0); os.dup2(outw, 1); os.dup2(outw, 2)
+    os.dup2(b.fileno(), 3); os.dup2(pr, 4); os.dup2(lr, 5)
+    os.execv(guest, [guest, "__direct"])
+b.close(); os.close(pr); os.close(lr); os.close(outw)
+os.write(pw, plan); os.close(pw)
+def frame():
+    n = b""
+    while len(n) < 4:
+        c = a.recv(4 - len(n))
+        if not c: return None
+        n += c
+    (ln,) = struct.unpack(">I", n)
+    body = b""
+    while len(body) < ln:
+        body += a.recv(ln - len(body))
+    return json.loads(body)
+def send(m):
+    body = json.dumps(m).encode()
+    a.sendall(struct.pack(">I", len(body)) + body)
+res = {"agent_pid": pid, "frames": []}
+f = frame(); res["frames"].append(f)
+if f and f.get("type") == "ready":
+    send({"type": "go"})
+    while True:
+        f = frame()
+        if f is None: break
+        res["frames"].append(f)
+        if f.get("type") in ("exited", "exec_failed", "setup_failed"): break
+_, st = os.waitpid(pid, 0)
+res["agent_status"] = st
+# As the guest shim does: PID 1 reaps orphans handed to it.
+while True:
+    try:
+        p, _ = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        break
+    if p == 0:
+        break
+out = b""
+while True:
+    c = os.read(outr, 65536)
+    if not c: break
+    out += c
+res["output"] = out.decode(errors="replace")
+def state(p):
+    try:
+        return open(f"/proc/{p}/stat").read().rsplit(") ", 1)[1][0]
+    except OSError:
+        return "gone"
+res["left"] = sorted(f"{p}:{state(p)}" for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid())
+print("RESULT " + json.dumps(res))
+"#;
+
+/// The agent's direct mode in the real runsc: it drops to the sandbox user with no capability
+/// and seccomp on, records Landlock as not applicable, runs the command, adopts its orphans (as
+/// subreaper) and kills them at the end, and reports the exit.
+#[test]
+fn direct_agent_runs_the_command_under_runsc() {
+    assert!(is_root(), "this test needs root (runsc run)");
+    let runsc = gvisor::runsc_binary().expect("runsc is needed for this test");
+    let platform = gvisor::probe().expect("no working runsc platform");
+    let exe = std::env::current_exe().unwrap();
+    let guest = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("stockade-guest");
+    assert!(
+        guest.is_file(),
+        "{} is missing: cargo build -p stockade-guest first",
+        guest.display()
+    );
+    let tmp = tempfile::Builder::new()
+        .prefix("stockade-gvisor-test")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let ws = std::fs::canonicalize(tmp.path()).unwrap();
+    let p = plan::build(
+        &stockade_policy::Policy::default(),
+        &["true".to_string()],
+        &facts(ws.clone()),
+        Extras {
+            id: "gvisor-direct".into(),
+            seccomp: Some(
+                stockade_jail::seccomp::SeccompProgram::compile_default()
+                    .unwrap()
+                    .to_bytes(),
+            ),
+            ..Extras::default()
+        },
+    );
+    let bundle = tmp.path().join("bundle");
+    let state = tmp.path().join("state");
+    let args: Vec<String> = ["/usr/bin/python3", "-S", "-c", HARNESS, gvisor::GUEST_PATH]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut inner = gvisor::write_bundle_with_args(&p, &bundle, &guest, &args).unwrap();
+    inner.argv = [
+        "/bin/sh",
+        "-c",
+        "id -u; id -G; grep -E '^(Seccomp|CapEff):' /proc/self/status; \
+         (sleep 300 & echo $! > /tmp/bg); sleep 0.5; grep PPid /proc/$(cat /tmp/bg)/status; exit 3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let plan_json = serde_json::to_vec(&inner).unwrap();
+    let id = format!("stockade-gvisor-direct-{}", std::process::id());
+    let mut child = gvisor::runsc_command(&runsc, &platform, &state, &bundle, &id)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&plan_json).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    gvisor::cleanup(&runsc, &state, &id);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    eprintln!("harness: {stdout}");
+    assert!(out.status.success(), "runsc run failed: {stdout}\n{stderr}");
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("no result: {stdout}\n{stderr}"));
+    let r: serde_json::Value = serde_json::from_str(line).unwrap();
+    let frames = r["frames"].as_array().unwrap();
+    let ready = &frames[0];
+    assert_eq!(ready["type"], "ready", "{frames:?}");
+    let en = &ready["enforced"];
+    assert_eq!(en["landlock"], "not applicable (gvisor)");
+    assert_eq!(en["uid"], 1000);
+    assert_eq!(en["gid"], 1000);
+    assert_eq!(en["capabilities_dropped"], true);
+    assert_eq!(en["no_new_privs"], true);
+    let sc = en["seccomp"].as_str().unwrap();
+    assert!(
+        sc != "off" && !sc.starts_with("not enforced"),
+        "seccomp: {sc}"
+    );
+    assert_eq!(frames[1]["type"], "started", "{frames:?}");
+    let exited = frames.last().unwrap();
+    assert_eq!(exited["type"], "exited", "{frames:?}");
+    assert_eq!(exited["termination"], serde_json::json!({"exited": 3}));
+    // The command ran as the sandbox user with no extra groups; its orphan went to the agent
+    // (subreaper) or, where gVisor refuses a subreaper outside PID 1 (runsc 2022), to PID 1; it
+    // was killed before the exit was reported: nothing is left once PID 1 has reaped.
+    let output = r["output"].as_str().unwrap();
+    let agent = r["agent_pid"].as_i64().unwrap();
+    // The command itself runs filtered (seccomp mode 2) with no effective capability.
+    let head = "1000\n1000\nCapEff:\t0000000000000000\nSeccomp:\t2\n";
+    assert!(
+        output == format!("{head}PPid:\t{agent}\n") || output == format!("{head}PPid:\t1\n"),
+        "command output: {output:?}"
+    );
+    assert_eq!(r["agent_status"], 0);
+    assert_eq!(r["left"], serde_json::json!([]), "processes left inside");
+    assert!(!state.exists());
+    assert_eq!(procs_with(&id), Vec::<String>::new());
+}

@@ -184,6 +184,16 @@ impl SeccompProgram {
     /// allocate, so it is safe between fork and exec. On error after the first filter, the
     /// filters already installed stay in force; the caller must exit.
     pub fn apply(&self) -> Result<(), SeccompError> {
+        self.install(SECCOMP_FILTER_FLAG_LOG)
+    }
+
+    /// [`apply`](Self::apply) without `SECCOMP_FILTER_FLAG_LOG`, for kernels that refuse the
+    /// flag (gVisor's, which has no host audit log for denials anyway).
+    pub fn apply_unlogged(&self) -> Result<(), SeccompError> {
+        self.install(0)
+    }
+
+    fn install(&self, flags: libc::c_ulong) -> Result<(), SeccompError> {
         let running = std::env::consts::ARCH;
         if running != self.arch.name() {
             let found = if running == "aarch64" {
@@ -220,9 +230,10 @@ impl SeccompProgram {
                 libc::syscall(
                     libc::SYS_seccomp,
                     libc::SECCOMP_SET_MODE_FILTER,
-                    // Denials (non-ALLOW results) go to the kernel audit log, where the supervisor
-                    // turns them into `violation` events (see stockade-runtime's kmsg.rs).
-                    SECCOMP_FILTER_FLAG_LOG,
+                    // With SECCOMP_FILTER_FLAG_LOG, denials (non-ALLOW results) go to the kernel
+                    // audit log, where the supervisor turns them into `violation` events (see
+                    // stockade-runtime's kmsg.rs).
+                    flags,
                     &raw const prog,
                 )
             };

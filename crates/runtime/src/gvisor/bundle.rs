@@ -25,12 +25,12 @@ pub const GUEST_PATH: &str = "/.stockade/stockade-guest";
 /// The container init's argv (the guest shim's gVisor entry).
 pub const GUEST_ARGS: [&str; 3] = [GUEST_PATH, "__guest", "gvisor"];
 /// Capabilities the agent needs before it drops to the sandbox user: its ids and groups, the
-/// bounding set, loopback's flags, the DNS (53) and per-name (80/443) ports of the egress bridge.
-pub const CAPABILITIES: [&str; 5] = [
+/// bounding set, the DNS (53) and per-name (80/443) ports of the egress bridge. (runsc brings
+/// loopback up itself; the hostname is set from the bundle.)
+pub const CAPABILITIES: [&str; 4] = [
     "CAP_SETUID",
     "CAP_SETGID",
     "CAP_SETPCAP",
-    "CAP_NET_ADMIN",
     "CAP_NET_BIND_SERVICE",
 ];
 
