@@ -596,6 +596,22 @@ fn bad_create_requests_get_one_clear_400() {
     // An inline policy may not reach the host.
     let m = bad(json!({"policy": "[workspace]\nmode = \"rw\"\npath = \"/srv\"\n"}));
     assert!(m.contains("not allowed in an inline policy"), "{m}");
+    // Nor accept gVisor for untrusted code (the operator's decision), naming the key.
+    let m = bad(
+        json!({"policy": "trust = \"untrusted\"\n[security]\nallow_gvisor_for_untrusted = true\n"}),
+    );
+    assert!(
+        m.starts_with(
+            "policy: security.allow_gvisor_for_untrusted: not allowed in an inline policy"
+        ),
+        "{m}"
+    );
+    // A level weaker than the trust asks for: the policy error, with line and column.
+    let m = bad(json!({"policy": "trust = \"internal\"\nlevel = \"container\"\n"}));
+    assert!(
+        m.starts_with("policy:2:9: level: level \"container\" is weaker"),
+        "{m}"
+    );
     // Timeout over the maximum, zero.
     let m = bad(json!({"timeout": 61}));
     assert!(

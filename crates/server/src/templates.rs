@@ -7,8 +7,10 @@
 //! host or of the server — no workspace path or host-backed workspace mode, no extra mounts,
 //! no root filesystem, no `env_pass` (the server's environment), no secrets (read from the
 //! server's environment or files), no `allow_private` networks or static `hosts` (the API
-//! itself listens on a private address), no weaker isolation and no switching the audit off.
-//! An administrator's template may do all of that.
+//! itself listens on a private address), no weaker isolation, no accepting gVisor for untrusted
+//! code (`security.allow_gvisor_for_untrusted`), no isolation level below the template's, and no
+//! switching the audit off. An administrator's template may do all of that (templates carry
+//! `level` and `trust` like any policy).
 
 use crate::error::ApiError;
 use crate::store::{Store, TemplateRow, valid_template_name};
@@ -84,8 +86,51 @@ pub fn parse(src: &str, origin: &str, rootfs: Option<&str>) -> Result<Policy, St
 }
 
 /// An inline policy from a create request: parsed (400 with line:col) and checked to reach
-/// nothing of the host or the server (400 naming the key).
+/// nothing of the host or the server (400 naming the key). It stands in for `base`.
 pub fn inline_policy(src: &str) -> Result<Policy, ApiError> {
+    inline_policy_over(src, BASE, &base_policy())
+}
+
+/// [`inline_policy`] in place of template `template_name` (`template`): besides the other
+/// refusals, it may not lower the isolation level below the template's. One that states neither
+/// `level` nor `trust` takes the template's (and the template's
+/// `security.allow_gvisor_for_untrusted`, an operator's decision); one that states either must
+/// ask for at least the template's weakest level (`Policy::minimum_level`).
+pub fn inline_policy_over(
+    src: &str,
+    template_name: &str,
+    template: &Policy,
+) -> Result<Policy, ApiError> {
+    let mut policy = inline_checked(src)?;
+    if policy.level.is_none() && policy.trust.is_none() {
+        policy.level = template.level;
+        policy.trust = template.trust;
+        policy.security.allow_gvisor_for_untrusted = template.security.allow_gvisor_for_untrusted;
+        return Ok(policy);
+    }
+    let floor = template.minimum_level();
+    if policy.minimum_level() < floor {
+        let key = if policy.level.is_some() {
+            "level"
+        } else {
+            "trust"
+        };
+        let asked = match (policy.level, policy.trust) {
+            (Some(l), _) => format!("level = {:?}", l.as_str()),
+            (None, Some(t)) => format!("trust = {:?}", t.as_str()),
+            (None, None) => String::new(),
+        };
+        return Err(ApiError::BadRequest(format!(
+            "policy: {key}: not allowed in an inline policy ({asked} is weaker than template \
+             {template_name:?}, which runs at {} or stronger); ask for at least that, or leave \
+             level and trust out to take the template's",
+            floor.as_str()
+        )));
+    }
+    Ok(policy)
+}
+
+fn inline_checked(src: &str) -> Result<Policy, ApiError> {
     if src.len() > MAX_INLINE_POLICY {
         return Err(ApiError::TooLarge(format!(
             "policy: {} bytes, the limit is {MAX_INLINE_POLICY}",
@@ -136,6 +181,12 @@ pub fn inline_policy(src: &str) -> Result<Policy, ApiError> {
     }
     if policy.security.allow_weaker_isolation {
         return refuse("security.allow_weaker_isolation", "weaker isolation");
+    }
+    if policy.security.allow_gvisor_for_untrusted {
+        return refuse(
+            "security.allow_gvisor_for_untrusted",
+            "accepting gVisor for untrusted code is the operator's decision",
+        );
     }
     if !policy.security.seccomp || !policy.security.landlock {
         return refuse("security", "seccomp and landlock stay on");
@@ -278,6 +329,8 @@ mod tests {
             "[[filesystem.mounts]]\nhost = \"/etc\"\n",
             "[process]\nenv_pass = [\"HOME\"]\n",
             "[security]\nallow_weaker_isolation = true\n",
+            "[security]\nallow_gvisor_for_untrusted = true\n",
+            "trust = \"untrusted\"\nlevel = \"gvisor\"\n[security]\nallow_gvisor_for_untrusted = true\n",
             "[audit]\nenabled = false\n",
         ] {
             let e = inline_policy(bad).unwrap_err();
@@ -293,6 +346,121 @@ mod tests {
                 .code(),
             "too_large"
         );
+    }
+
+    #[test]
+    fn inline_levels() {
+        use stockade_policy::{Level, Trust};
+        // Against base: any level or trust, stronger is fine; emulation is not a weakening.
+        let p =
+            inline_policy("trust = \"untrusted\"\n[security]\nallow_emulated = true\n").unwrap();
+        assert_eq!((p.level, p.trust), (None, Some(Trust::Untrusted)));
+        assert!(p.security.allow_emulated);
+        assert_eq!(
+            inline_policy("level = \"microvm\"\n").unwrap().level,
+            Some(Level::Microvm)
+        );
+        assert_eq!(
+            inline_policy("level = \"container\"\n").unwrap().level,
+            Some(Level::Container)
+        );
+        // The key named in the refusal.
+        let e = inline_policy("[security]\nallow_gvisor_for_untrusted = true\n").unwrap_err();
+        assert_eq!(e.code(), "bad_request");
+        assert!(
+            e.message().starts_with(
+                "policy: security.allow_gvisor_for_untrusted: not allowed in an inline policy"
+            ),
+            "{}",
+            e.message()
+        );
+        // Explicitly false is the default: accepted.
+        inline_policy("[security]\nallow_gvisor_for_untrusted = false\n").unwrap();
+        // A level weaker than the trust: the policy's own error, with its position.
+        let e = inline_policy("trust = \"untrusted\"\nlevel = \"container\"\n").unwrap_err();
+        assert!(
+            e.message()
+                .starts_with("policy:2:9: level: level \"container\" is weaker"),
+            "{}",
+            e.message()
+        );
+
+        // In place of a template with trust = "untrusted": not lowered.
+        let tpl = parse("trust = \"untrusted\"\n", "t.toml", None).unwrap();
+        for (src, key) in [
+            ("level = \"container\"\n", "level"),
+            ("level = \"gvisor\"\n", "level"),
+            ("trust = \"trusted\"\n", "trust"),
+            ("trust = \"internal\"\n", "trust"),
+        ] {
+            let e = inline_policy_over(src, "py", &tpl).unwrap_err();
+            assert_eq!(e.code(), "bad_request");
+            assert!(
+                e.message()
+                    .starts_with(&format!("policy: {key}: not allowed in an inline policy ("))
+                    && e.message()
+                        .contains("weaker than template \"py\", which runs at microvm or stronger"),
+                "{src}: {}",
+                e.message()
+            );
+        }
+        // Stating the same or more is fine; stating nothing takes the template's.
+        for src in [
+            "level = \"microvm\"\n",
+            "trust = \"untrusted\"\n",
+            "trust = \"trusted\"\nlevel = \"microvm\"\n",
+        ] {
+            let p = inline_policy_over(src, "py", &tpl).unwrap();
+            assert_eq!(p.minimum_level(), Level::Microvm, "{src}");
+        }
+        let p = inline_policy_over("[limits]\npids = 64\n", "py", &tpl).unwrap();
+        assert_eq!(
+            (p.level, p.trust, p.limits.pids),
+            (None, Some(Trust::Untrusted), 64)
+        );
+        // A template whose operator accepted gVisor for untrusted code: gvisor is its floor,
+        // and an inline policy that states nothing inherits the acceptance.
+        let tpl = parse(
+            "trust = \"untrusted\"\n[security]\nallow_gvisor_for_untrusted = true\n",
+            "t.toml",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            inline_policy_over("level = \"gvisor\"\n", "g", &tpl)
+                .unwrap()
+                .level,
+            Some(Level::Gvisor)
+        );
+        assert!(inline_policy_over("level = \"container\"\n", "g", &tpl).is_err());
+        let p = inline_policy_over("", "g", &tpl).unwrap();
+        assert!(p.security.allow_gvisor_for_untrusted);
+        assert_eq!(p.minimum_level(), Level::Gvisor);
+        // Templates carry level and trust.
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        add(
+            &s,
+            "vm",
+            "trust = \"untrusted\"\n[security]\nallow_emulated = true\n",
+            "vm.toml",
+            None,
+        )
+        .unwrap();
+        let p = policy_of(&s, "vm").unwrap();
+        assert_eq!(
+            (p.trust, p.security.allow_emulated),
+            (Some(Trust::Untrusted), true)
+        );
+        let e = add(
+            &s,
+            "bad",
+            "trust = \"internal\"\nlevel = \"container\"\n",
+            "bad.toml",
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("bad.toml:2:9: level:"), "{e}");
     }
 
     #[test]
