@@ -227,3 +227,29 @@ fn check_mode_boots_with_a_view_of_exactly_the_plans_paths() {
     }
     assert_eq!(lines.last(), Some(&"STOCKADE-GUEST-DONE"));
 }
+
+#[test]
+fn probe_tcg_is_ok_here_and_cached() {
+    let assets = Assets::locate().unwrap_or_else(|e| panic!("{e}"));
+    let _ = fs::remove_file(assets.dir.join("probe-tcg"));
+    microvm::probe(Accel::Tcg).unwrap_or_else(|e| panic!("{e}"));
+    let cached = fs::read_to_string(assets.dir.join("probe-tcg")).unwrap();
+    let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert!(
+        cached.starts_with(boot_id.trim()) && cached.ends_with("\nok"),
+        "{cached:?}"
+    );
+    // A cached failure is returned as is (without running QEMU).
+    let (key, _) = cached.split_once('\n').unwrap();
+    fs::write(
+        assets.dir.join("probe-tcg"),
+        format!("{key}\nmicrovm: cached no"),
+    )
+    .unwrap();
+    assert_eq!(
+        microvm::probe(Accel::Tcg).unwrap_err(),
+        "microvm: cached no"
+    );
+    fs::remove_file(assets.dir.join("probe-tcg")).unwrap();
+    microvm::probe(Accel::Tcg).unwrap();
+}

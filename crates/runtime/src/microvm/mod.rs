@@ -18,7 +18,7 @@ pub use view::{GUEST_HOST_DIR, build_view};
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -91,10 +91,7 @@ pub fn check_boot(
         None => Err(format!(
             "microvm: no power-off within {timeout:?}; guest said {out:?}; console:\n{tail}"
         )),
-        Some(s) if out.contains(CHECK_DONE) => {
-            let _ = s;
-            Ok(out)
-        }
+        Some(_) if out.contains(CHECK_DONE) => Ok(out),
         Some(s) => Err(format!(
             "microvm: QEMU ended ({s}) before the guest's check finished; guest said {out:?}; console/QEMU:\n{tail}"
         )),
@@ -102,11 +99,11 @@ pub fn check_boot(
 }
 
 /// Whether a microVM can be started here with `accel`, or why not. KVM is detected by trying:
-/// a check-mode boot (10 s at most); TCG needs the assets and QEMU's TCG. The answer is cached
+/// a check-mode boot (10 s at most; needs the guest binary too); TCG needs the assets and
+/// QEMU's TCG (the guest binary is `__vmm`'s to find). The answer is cached
 /// per host boot (and kernel asset) in the asset directory.
 pub fn probe(accel: Accel) -> Result<(), String> {
     let assets = Assets::locate()?;
-    let guest = crate::backend::guest_binary()?;
     let name = match accel {
         Accel::Kvm => "kvm",
         Accel::Tcg => "tcg",
@@ -128,7 +125,7 @@ pub fn probe(accel: Accel) -> Result<(), String> {
             Err(v.to_string())
         };
     }
-    let result = probe_uncached(&assets, &guest, accel);
+    let result = probe_uncached(&assets, accel);
     let v = match &result {
         Ok(()) => "ok".to_string(),
         Err(e) => e.replace('\n', " "),
@@ -140,7 +137,7 @@ pub fn probe(accel: Accel) -> Result<(), String> {
     result
 }
 
-fn probe_uncached(assets: &Assets, guest: &Path, accel: Accel) -> Result<(), String> {
+fn probe_uncached(assets: &Assets, accel: Accel) -> Result<(), String> {
     match accel {
         Accel::Tcg => {
             let out = std::process::Command::new(&assets.qemu)
@@ -169,7 +166,8 @@ fn probe_uncached(assets: &Assets, guest: &Path, accel: Accel) -> Result<(), Str
                     "microvm: KVM is not available here (/dev/kvm: {e})"
                 ));
             }
-            let initramfs = assets.initramfs(guest, None)?;
+            let guest = crate::backend::guest_binary()?;
+            let initramfs = assets.initramfs(&guest, None)?;
             let view = tempdir()?;
             let spec = VmSpec {
                 memory: 128 << 20,
