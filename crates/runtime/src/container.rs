@@ -267,10 +267,13 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
         None => Err(RunError::Launch("launcher already consumed".into())),
     };
     tracing::debug!("phase: supervision done");
-    let leftovers = match cg {
+    let mut leftovers = match cg {
         Some(cg) => cg.destroy().leftovers,
         None => Vec::new(),
     };
+    if plan.backend.is_some() {
+        leftovers.extend(crate::backend::cleanup_after(&id));
+    }
     tracing::debug!("phase: cgroup destroyed");
     if let Some(a) = &audit {
         let (reason, error) = match &result {

@@ -60,13 +60,15 @@ pub fn spec(
     }))
 }
 
-/// The static guest binary: `$STOCKADE_GUEST_BIN`, else `stockade-guest` beside the current
-/// executable, else the cargo target directory's static build beside it.
+/// The static guest binary: `$STOCKADE_GUEST_BIN`, else the static build in the cargo target
+/// directory beside the current executable, else `stockade-guest` beside it. Whichever is found
+/// must be statically linked (no ELF interpreter): inside a microVM or a gVisor root there is no
+/// dynamic loader to run anything else.
 pub fn guest_binary() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("STOCKADE_GUEST_BIN") {
         let p = PathBuf::from(p);
         return if p.is_file() {
-            Ok(p)
+            check_static(&p).map(|()| p)
         } else {
             Err(format!("STOCKADE_GUEST_BIN={}: no such file", p.display()))
         };
@@ -74,22 +76,76 @@ pub fn guest_binary() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current executable: {e}"))?;
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
     let candidates = [
-        dir.join("stockade-guest"),
         dir.join("../x86_64-unknown-linux-gnu/release/stockade-guest"),
+        dir.join("stockade-guest"),
     ];
+    let mut why = Vec::new();
     for c in &candidates {
         if c.is_file() {
-            return std::fs::canonicalize(c).map_err(|e| format!("{}: {e}", c.display()));
+            match check_static(c) {
+                Ok(()) => {
+                    return std::fs::canonicalize(c).map_err(|e| format!("{}: {e}", c.display()));
+                }
+                Err(e) => why.push(e),
+            }
+        } else {
+            why.push(format!("{}: not found", c.display()));
         }
     }
     Err(format!(
-        "the static guest binary stockade-guest was not found (looked at {}); build it with \
+        "no static guest binary stockade-guest ({}); build it with \
          `RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p stockade-guest --target x86_64-unknown-linux-gnu` \
          or set STOCKADE_GUEST_BIN",
-        candidates
-            .iter()
-            .map(|c| c.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+        why.join("; ")
     ))
+}
+
+/// Ok when `p` is an x86-64 ELF executable without a program interpreter (statically linked).
+pub fn check_static(p: &std::path::Path) -> Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let bad = |what: &str| format!("{}: {what}", p.display());
+    let mut f = std::fs::File::open(p).map_err(|e| bad(&e.to_string()))?;
+    let mut h = [0u8; 64];
+    f.read_exact(&mut h).map_err(|_| bad("not an ELF file"))?;
+    if &h[..4] != b"\x7fELF" || h[4] != 2 || h[5] != 1 || u16::from_le_bytes([h[18], h[19]]) != 62 {
+        return Err(bad("not a 64-bit little-endian x86-64 ELF file"));
+    }
+    let phoff = u64::from_le_bytes(h[32..40].try_into().map_err(|_| bad("bad header"))?);
+    let phentsize = u64::from(u16::from_le_bytes([h[54], h[55]]));
+    let phnum = u16::from_le_bytes([h[56], h[57]]);
+    if phentsize < 56 || phnum > 256 {
+        return Err(bad("bad program headers"));
+    }
+    for i in 0..u64::from(phnum) {
+        let mut ph = [0u8; 4];
+        f.seek(SeekFrom::Start(phoff + i * phentsize))
+            .and_then(|_| f.read_exact(&mut ph))
+            .map_err(|_| bad("truncated program headers"))?;
+        if u32::from_le_bytes(ph) == 3 {
+            return Err(bad(
+                "dynamically linked (it has an ELF interpreter); the guest needs the static build",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Removes what a backend may have left when its `__vmm` died without cleaning up (killed by
+/// the supervisor's timeout, or with a crashed server): runsc's container and state, the work
+/// directory. Returns what could not be removed.
+pub fn cleanup_after(id: &str) -> Vec<String> {
+    let dir = work_dir(id);
+    if !dir.exists() {
+        return Vec::new();
+    }
+    let runsc_root = dir.join("runsc");
+    if runsc_root.exists()
+        && let Ok(runsc) = crate::gvisor::runsc_binary()
+    {
+        crate::gvisor::cleanup(&runsc, &runsc_root, &vmm::runsc_id(id));
+    }
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Vec::new(),
+        Err(e) => vec![format!("{}: {e}", dir.display())],
+    }
 }

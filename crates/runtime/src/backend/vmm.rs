@@ -194,7 +194,7 @@ fn start_backend(
     allow_weaker: bool,
 ) -> Result<Started, String> {
     let log = spec.work_dir.join("backend.log");
-    let (mut cmd, guest_plan) = match spec.level {
+    let (mut cmd, guest_plan, run_as) = match spec.level {
         BackendLevel::Gvisor => {
             let runsc = spec
                 .runsc
@@ -218,7 +218,7 @@ fn start_backend(
                 &bundle,
                 &runsc_id(&plan.id),
             );
-            (cmd, guest)
+            (cmd, guest, None)
         }
         BackendLevel::Microvm => prepare_microvm(plan, spec, allow_weaker)?,
     };
@@ -226,6 +226,11 @@ fn start_backend(
     let (h2g_r, h2g_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let (g2h_r, g2h_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let log_file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    if let Some(id) = run_as {
+        // QEMU reopens its stderr by path for the guest console.
+        std::os::unix::fs::fchown(&log_file, Some(id), Some(id))
+            .map_err(|e| format!("{}: {e}", log.display()))?;
+    }
     cmd.stdin(Stdio::from(h2g_r))
         .stdout(Stdio::from(g2h_w))
         .stderr(Stdio::from(log_file));
@@ -238,8 +243,8 @@ fn start_backend(
         .collect::<Result<_, _>>()
         .map_err(|e| format!("cgroup path: {e}"))?;
     // SAFETY: the closure runs between fork and exec and only calls open, write, close,
-    // sigprocmask, signal and prctl, which are async-signal-safe, on C strings prepared before
-    // the fork and constant arguments.
+    // setgroups, setresgid, setresuid, sigprocmask, signal and prctl, which are
+    // async-signal-safe, on C strings prepared before the fork and integers.
     unsafe {
         cmd.pre_exec(move || {
             for p in &procs {
@@ -253,6 +258,14 @@ fn start_backend(
                 if !ok {
                     return Err(e);
                 }
+            }
+            // Then the backend's own identity (after the cgroup join, which needs root).
+            if let Some(id) = run_as
+                && (libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setresgid(id, id, id) != 0
+                    || libc::setresuid(id, id, id) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
             }
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
@@ -283,9 +296,50 @@ fn prepare_microvm(
     plan: &SandboxPlan,
     spec: &BackendSpec,
     allow_weaker: bool,
-) -> Result<(Command, SandboxPlan), String> {
-    let _ = (plan, spec, allow_weaker);
-    Err("the microvm backend is not wired yet".into())
+) -> Result<(Command, SandboxPlan, Option<u32>), String> {
+    use crate::microvm::{Assets, VmSpec, build_view, qemu_command};
+    let assets = Assets::locate()?;
+    let initramfs = assets.initramfs(&spec.guest_bin, None)?;
+    // Only this process and QEMU see the view's mounts; they vanish with them.
+    sys::unshare(libc::CLONE_NEWNS).map_err(|e| format!("microvm: unshare(mount): {e}"))?;
+    sys::mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )
+    .map_err(|e| format!("microvm: making mounts private: {e}"))?;
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    // QEMU runs as the sandbox's own unused host uid (root launches) or as the caller.
+    let qemu_uid = plan.idmap_host_uid.unwrap_or(me);
+    let view = spec.work_dir.join("view");
+    let guest = build_view(plan, &view, qemu_uid)?;
+    let mut extra = Vec::new();
+    if allow_weaker {
+        extra.push("stockade.weaker=1".to_string());
+    }
+    let vm = VmSpec {
+        memory: guest_memory(spec.memory),
+        cpus: spec.cpus,
+        accel: spec.accel.unwrap_or(stockade_jail::plan::Accel::Tcg),
+        initramfs,
+        view,
+        console_log: None,
+        extra_cmdline: extra,
+    };
+    let cmd = qemu_command(&assets, &vm)?;
+    Ok((cmd, guest, (me == 0).then_some(qemu_uid)))
+}
+
+/// QEMU itself (TCG translation cache, devices, 9p) lives in the same memory limit as the
+/// guest: the guest gets the limit less this.
+pub const VMM_OVERHEAD: u64 = 192 << 20;
+
+/// The guest RAM for a sandbox whose memory limit is `limit` (at least 128 MiB).
+pub fn guest_memory(limit: u64) -> u64 {
+    limit.saturating_sub(VMM_OVERHEAD).max(128 << 20)
 }
 
 /// The runsc container id of sandbox `id`.

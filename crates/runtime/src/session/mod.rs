@@ -1133,6 +1133,9 @@ impl Inner {
                 oom = cg.stats().oom_kills > 0;
                 leftovers = cg.destroy().leftovers;
             }
+            if self.tunneled {
+                leftovers.extend(crate::backend::cleanup_after(&self.id));
+            }
         }
         if let Some(a) = &self.audit {
             if end.as_ref().is_some_and(|e| e.scratch_full) {

@@ -51,6 +51,7 @@ pub fn recover(record: &RecoveryRecord) -> RecoveryReport {
             leftovers.push(format!("cgroup {}", dir.display()));
         }
     }
+    leftovers.extend(crate::backend::cleanup_after(&record.id));
     if let Some(log) = &record.audit_log {
         close_log(log, &record.id, &leftovers);
     }
