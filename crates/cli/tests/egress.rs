@@ -2,6 +2,12 @@
 //! per-name loopback addresses, the proxy port, the host-side gateway, and the `net.*` events.
 //! All traffic stays on 127.0.0.0/8: an HTTP server on 127.0.0.2 is the allowed upstream
 //! (`api.test`), a canary on 127.0.0.3 (`evil.test`) counts connections and must count zero.
+//!
+//! Every case runs at every isolation level (issue 9): `container::<case>`, `gvisor::<case>` and
+//! `microvm::<case>` (QEMU under TCG: `--allow-emulated`; about 5-12 s a run here). At the
+//! stronger levels the sandbox's traffic goes agent → tunnel → `__vmm` → gateway; the policy,
+//! the gateway and the expected answers are the same, and each run checks that
+//! `sandbox.created` records the level actually used. One level: `cargo test --test egress gvisor::`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -44,6 +50,60 @@ fn server(ip: &str) -> (u16, Arc<AtomicUsize>) {
     (port, count)
 }
 
+/// The isolation level a case runs at.
+#[derive(Clone, Copy, Debug)]
+enum Level {
+    Container,
+    Gvisor,
+    Microvm,
+}
+
+impl Level {
+    fn name(self) -> &'static str {
+        match self {
+            Level::Container => "container",
+            Level::Gvisor => "gvisor",
+            Level::Microvm => "microvm",
+        }
+    }
+
+    /// The `stockade run` flags that select it (TCG is all this CI machine has for microVMs).
+    fn flags(self) -> &'static [&'static str] {
+        match self {
+            Level::Container => &["--level", "container"],
+            Level::Gvisor => &["--level", "gvisor"],
+            Level::Microvm => &["--level", "microvm", "--allow-emulated"],
+        }
+    }
+}
+
+/// One `#[test]` per case and level, in modules named after the level.
+macro_rules! at_every_level {
+    ($($case:ident),* $(,)?) => {
+        mod container {
+            $(#[test] fn $case() { super::$case(super::Level::Container) })*
+        }
+        mod gvisor {
+            $(#[test] fn $case() { super::$case(super::Level::Gvisor) })*
+        }
+        mod microvm {
+            $(#[test] fn $case() { super::$case(super::Level::Microvm) })*
+        }
+    };
+}
+
+at_every_level!(
+    an_allowed_name_works_through_the_proxy_and_without_it,
+    an_unlisted_name_gets_nxdomain_and_reaches_nothing,
+    a_hard_coded_ip_and_a_private_resolution_are_refused,
+    a_host_header_naming_another_host_is_refused,
+    without_the_allowlist_there_is_no_resolver_at_all,
+    metadata_udp_ipv6_and_data_carrying_queries_have_no_way_out,
+    tls_through_the_gateway_checks_the_sni_against_the_name,
+    curl_works_with_and_without_the_proxy_and_a_literal_ip_does_not,
+    open_mode_needs_its_flag_reaches_any_name_but_the_denied_and_is_recorded,
+);
+
 struct Run {
     code: i32,
     stdout: String,
@@ -51,7 +111,7 @@ struct Run {
     events: Vec<serde_json::Value>,
 }
 
-fn run(policy: &str, script: &str, extra: &[&str]) -> Run {
+fn run(level: Level, policy: &str, script: &str) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let ws = dir.path().join("ws");
@@ -66,17 +126,27 @@ fn run(policy: &str, script: &str, extra: &[&str]) -> Run {
         .arg(&pol)
         .arg("--workspace")
         .arg(&ws)
-        .args(extra)
+        .args(level.flags())
         .arg("--")
         .args(["python3", "-c", script])
         .output()
         .expect("run stockade");
-    Run {
+    let r = Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         events: events(&state),
+    };
+    // Whatever started ran at the level asked for (a refusal before the start has no events).
+    for c in of_type(&r, "sandbox.created") {
+        assert_eq!(
+            c["enforced"]["level"],
+            level.name(),
+            "sandbox.created: {c}\nstderr {}",
+            r.stderr
+        );
     }
+    r
 }
 
 fn events(state: &Path) -> Vec<serde_json::Value> {
@@ -105,8 +175,7 @@ fn policy(port: u16, allow_private: &str) -> String {
     )
 }
 
-#[test]
-fn an_allowed_name_works_through_the_proxy_and_without_it() {
+fn an_allowed_name_works_through_the_proxy_and_without_it(level: Level) {
     let (port, hits) = server("127.0.0.2");
     let (_cport, canary) = server("127.0.0.3");
     let script = format!(
@@ -118,7 +187,7 @@ fn an_allowed_name_works_through_the_proxy_and_without_it() {
          while True:\n    c = s.recv(4096)\n    if not c: break\n    data += c\n\
          print(data.decode().split('\\r\\n\\r\\n')[1])\n"
     );
-    let r = run(&policy(port, "\"127.0.0.2/32\""), &script, &[]);
+    let r = run(level, &policy(port, "\"127.0.0.2/32\""), &script);
     assert_eq!(r.code, 0, "stdout {} stderr {}", r.stdout, r.stderr);
     assert_eq!(r.stdout, "hello from 127.0.0.2\nhello from 127.0.0.2\n");
     assert_eq!(
@@ -143,8 +212,7 @@ fn an_allowed_name_works_through_the_proxy_and_without_it() {
     );
 }
 
-#[test]
-fn an_unlisted_name_gets_nxdomain_and_reaches_nothing() {
+fn an_unlisted_name_gets_nxdomain_and_reaches_nothing(level: Level) {
     let (port, hits) = server("127.0.0.2");
     let (cport, canary) = server("127.0.0.3");
     let script = format!(
@@ -154,7 +222,7 @@ fn an_unlisted_name_gets_nxdomain_and_reaches_nothing() {
          try:\n    urllib.request.urlopen('http://evil.test:{cport}/', timeout=10); print('fetched')\n\
          except urllib.error.HTTPError as e: print('http', e.code, e.headers.get('X-Stockade-Reason'))\n"
     );
-    let r = run(&policy(port, "\"127.0.0.2/32\""), &script, &[]);
+    let r = run(level, &policy(port, "\"127.0.0.2/32\""), &script);
     assert_eq!(r.code, 0, "{}", r.stderr);
     // -2 is EAI_NONAME: NXDOMAIN. The proxy answers 403 with the reason.
     assert_eq!(r.stdout, "gaierror -2\nhttp 403 denied:not_in_allowlist\n");
@@ -182,18 +250,17 @@ fn an_unlisted_name_gets_nxdomain_and_reaches_nothing() {
          [network.hosts]\n\"evil.test\" = \"127.0.0.3\"\n"
     );
     let c = run(
+        level,
         &allowed,
         &format!(
             "import urllib.request\nprint(urllib.request.urlopen('http://evil.test:{cport}/', timeout=10).read().decode())\n"
         ),
-        &[],
     );
     assert_eq!(c.stdout, "hello from 127.0.0.3\n", "{}", c.stderr);
     assert_eq!(canary.load(Ordering::SeqCst), 1);
 }
 
-#[test]
-fn a_hard_coded_ip_and_a_private_resolution_are_refused() {
+fn a_hard_coded_ip_and_a_private_resolution_are_refused(level: Level) {
     let (port, hits) = server("127.0.0.2");
     // The sandbox's 127.0.0.2 is its own loopback: nothing listens there.
     let script = format!(
@@ -204,7 +271,7 @@ fn a_hard_coded_ip_and_a_private_resolution_are_refused() {
          except urllib.error.HTTPError as e: print('http', e.code, e.headers.get('X-Stockade-Reason'))\n"
     );
     // No allow_private: api.test resolves to a loopback address of the host, which is refused.
-    let r = run(&policy(port, ""), &script, &[]);
+    let r = run(level, &policy(port, ""), &script);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.stdout, "ip 111\nhttp 403 denied:loopback_address\n");
     assert_eq!(
@@ -219,8 +286,7 @@ fn a_hard_coded_ip_and_a_private_resolution_are_refused() {
     );
 }
 
-#[test]
-fn a_host_header_naming_another_host_is_refused() {
+fn a_host_header_naming_another_host_is_refused(level: Level) {
     let (port, hits) = server("127.0.0.2");
     let script = format!(
         "import socket\n\
@@ -228,7 +294,7 @@ fn a_host_header_naming_another_host_is_refused() {
          s.sendall(b'GET / HTTP/1.1\\r\\nHost: evil.test\\r\\n\\r\\n')\n\
          print(repr(s.recv(100)))\n"
     );
-    let r = run(&policy(port, "\"127.0.0.2/32\""), &script, &[]);
+    let r = run(level, &policy(port, "\"127.0.0.2/32\""), &script);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.stdout, "b''\n", "the gateway closes without relaying");
     assert_eq!(hits.load(Ordering::SeqCst), 0);
@@ -239,11 +305,10 @@ fn a_host_header_naming_another_host_is_refused() {
     );
 }
 
-#[test]
-fn without_the_allowlist_there_is_no_resolver_at_all() {
+fn without_the_allowlist_there_is_no_resolver_at_all(level: Level) {
     let (port, hits) = server("127.0.0.2");
     let script = "import socket\ntry:\n    socket.getaddrinfo('api.test', 80); print('resolved')\nexcept socket.gaierror as e: print('gaierror')\n";
-    let r = run("", script, &[]);
+    let r = run(level, "", script);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.stdout, "gaierror\n");
     assert!(of_type(&r, "net.dns").is_empty());
@@ -251,8 +316,7 @@ fn without_the_allowlist_there_is_no_resolver_at_all() {
     let _ = port;
 }
 
-#[test]
-fn metadata_udp_ipv6_and_data_carrying_queries_have_no_way_out() {
+fn metadata_udp_ipv6_and_data_carrying_queries_have_no_way_out(level: Level) {
     // api.test is mapped to the cloud metadata address: the gateway refuses it before dialling
     // (nothing is sent: the refusal comes from the address class).
     let pol = "[network]\nmode = \"allowlist\"\nallow = [\"api.test:80\"]\n\
@@ -274,12 +338,20 @@ fn metadata_udp_ipv6_and_data_carrying_queries_have_no_way_out() {
         print('txt unlisted', q('exfil.evil.test', 16))\n\
         print('txt allowed', q('api.test', 16))\n\
         print('a unlisted', q('exfil.evil.test', 1))\n";
-    let r = run(pol, script, &[]);
+    let r = run(level, pol, script);
     assert_eq!(r.code, 0, "{}", r.stderr);
     // REFUSED = 5, NXDOMAIN = 3, NOERROR with 0 answers for a type that is not A/AAAA.
+    // No route out: ENETUNREACH (101) from Linux (the host's kernel or the microVM's);
+    // gVisor's netstack answers EHOSTUNREACH (113) for an address with no route.
+    let unreach = match level {
+        Level::Gvisor => 113,
+        Level::Container | Level::Microvm => 101,
+    };
     assert_eq!(
         r.stdout,
-        "meta 403 denied:metadata_address\nudp 101\nv6 101\ntxt unlisted (5, 0)\ntxt allowed (0, 0)\na unlisted (3, 0)\n"
+        format!(
+            "meta 403 denied:metadata_address\nudp {unreach}\nv6 {unreach}\ntxt unlisted (5, 0)\ntxt allowed (0, 0)\na unlisted (3, 0)\n"
+        )
     );
     assert!(
         of_type(&r, "net.connect")
@@ -354,8 +426,7 @@ fn tls_server() -> (u16, String, Arc<AtomicUsize>) {
     (port, ca_cert.pem(), count)
 }
 
-#[test]
-fn tls_through_the_gateway_checks_the_sni_against_the_name() {
+fn tls_through_the_gateway_checks_the_sni_against_the_name(level: Level) {
     let (port, ca, hits) = tls_server();
     let dir = tempfile::tempdir().unwrap();
     let ca_path = dir.path().join("ca.pem");
@@ -378,7 +449,7 @@ fn tls_through_the_gateway_checks_the_sni_against_the_name() {
          try:\n    bad.wrap_socket(raw, server_hostname='evil.test'); print('handshake')\n\
          except OSError as e: print('fronting refused')\n"
     );
-    let r = run(&pol, &script, &[]);
+    let r = run(level, &pol, &script);
     assert_eq!(r.code, 0, "stdout {} stderr {}", r.stdout, r.stderr);
     assert_eq!(r.stdout, "hello tls\nhello tls\nfronting refused\n");
     assert_eq!(
@@ -401,8 +472,7 @@ fn tls_through_the_gateway_checks_the_sni_against_the_name() {
     );
 }
 
-#[test]
-fn curl_works_with_and_without_the_proxy_and_a_literal_ip_does_not() {
+fn curl_works_with_and_without_the_proxy_and_a_literal_ip_does_not(level: Level) {
     let (port, hits) = server("127.0.0.2");
     // curl run from python so the probe reports each exit status on its own line.
     let script = format!(
@@ -413,7 +483,7 @@ fn curl_works_with_and_without_the_proxy_and_a_literal_ip_does_not() {
          print(c('--noproxy', '*', 'https://1.2.3.4/')[0])\n\
          print(c('-f', 'http://1.2.3.4:{port}/')[0])\n"
     );
-    let r = run(&policy(port, "\"127.0.0.2/32\""), &script, &[]);
+    let r = run(level, &policy(port, "\"127.0.0.2/32\""), &script);
     assert_eq!(r.code, 0, "{}", r.stderr);
     // 7: could not connect (a literal address has no route and no listener inside);
     // 22: through the proxy the literal address gets a 403 (curl -f).
@@ -436,8 +506,7 @@ fn curl_works_with_and_without_the_proxy_and_a_literal_ip_does_not() {
     );
 }
 
-#[test]
-fn open_mode_needs_its_flag_reaches_any_name_but_the_denied_and_is_recorded() {
+fn open_mode_needs_its_flag_reaches_any_name_but_the_denied_and_is_recorded(level: Level) {
     let (port, hits) = server("127.0.0.2");
     let pol = "[network]\nmode = \"open\"\nallow_open = true\ndeny = [\"blocked.test\"]\n\
                allow_private = [\"127.0.0.2/32\"]\n[network.hosts]\n\"whatever.test\" = \"127.0.0.2\"\n\
@@ -448,7 +517,7 @@ fn open_mode_needs_its_flag_reaches_any_name_but_the_denied_and_is_recorded() {
          try:\n    urllib.request.urlopen('http://blocked.test:{port}/', timeout=10); print('fetched')\n\
          except urllib.error.HTTPError as e: print('http', e.code, e.headers.get('X-Stockade-Reason'))\n"
     );
-    let r = run(pol, &script, &[]);
+    let r = run(level, pol, &script);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
         r.stdout,
@@ -471,7 +540,11 @@ fn open_mode_needs_its_flag_reaches_any_name_but_the_denied_and_is_recorded() {
         created
     );
     // Control: without allow_open the same policy is refused before anything starts.
-    let refused = run(&pol.replace("allow_open = true\n", ""), "print('ran')", &[]);
+    let refused = run(
+        level,
+        &pol.replace("allow_open = true\n", ""),
+        "print('ran')",
+    );
     assert_eq!(refused.code, 125);
     assert!(refused.stderr.contains("allow_open"), "{}", refused.stderr);
     assert!(refused.events.is_empty());
