@@ -1031,6 +1031,7 @@ fn a_symlinked_git_hooks_or_config_is_refused() {
                 .arg("run")
                 .arg("--workspace")
                 .arg(ws.path())
+                .args(level_args())
                 .args(extra)
                 .args(["--", "/usr/bin/python3", "-c", &probe])
                 .env(c.env_name, &c.env_secret)

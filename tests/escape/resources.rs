@@ -394,6 +394,7 @@ fn start(label: &str, flags: &[&str], argv: &[String], ws: tempfile::TempDir) ->
         .arg("run")
         .arg("--workspace")
         .arg(ws.path())
+        .args(level_args())
         .args(flags)
         .arg("--")
         .args(argv)

@@ -65,6 +65,77 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_stockade")
 }
 
+/// The isolation level every `stockade run` of the suite asks for: env `STOCKADE_ESCAPE_LEVEL` =
+/// `container` (default) | `gvisor` | `microvm` (under TCG here: `--allow-emulated` is added).
+/// An unknown value is a failure, not a silent fallback to the container level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Container,
+    Gvisor,
+    Microvm,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Container => "container",
+            Level::Gvisor => "gvisor",
+            Level::Microvm => "microvm",
+        }
+    }
+}
+
+pub fn level() -> Level {
+    match std::env::var("STOCKADE_ESCAPE_LEVEL").as_deref() {
+        Err(_) | Ok("") | Ok("container") => Level::Container,
+        Ok("gvisor") => Level::Gvisor,
+        Ok("microvm") => Level::Microvm,
+        Ok(other) => {
+            panic!("STOCKADE_ESCAPE_LEVEL={other:?}: expected container, gvisor or microvm")
+        }
+    }
+}
+
+/// The flags every `stockade run` of the suite gets for the level under test.
+pub fn level_args() -> Vec<&'static str> {
+    match level() {
+        Level::Container => vec!["--level", "container"],
+        Level::Gvisor => vec!["--level", "gvisor"],
+        Level::Microvm => vec!["--level", "microvm", "--allow-emulated"],
+    }
+}
+
+/// Picks the expectation for the level under test: `container` is what the host kernel and
+/// stockade's container jail give; the others say what that level gives instead (each call site
+/// says why in a comment).
+pub fn per_level<T>(container: T, gvisor: T, microvm: T) -> T {
+    match level() {
+        Level::Container => container,
+        Level::Gvisor => gvisor,
+        Level::Microvm => microvm,
+    }
+}
+
+/// `STOCKADE_ESCAPE_SUBSET=ci`: only the cases CI runs at the slow levels (at least one of every
+/// category). A case outside the subset says so on stderr; `all` (or unset) runs everything.
+pub fn in_subset(case: &str) -> bool {
+    const CI: &[&str] = CI_SUBSET;
+    match std::env::var("STOCKADE_ESCAPE_SUBSET").as_deref() {
+        Err(_) | Ok("") | Ok("all") => true,
+        Ok("ci") => {
+            let hit = CI.contains(&case);
+            if !hit {
+                eprintln!("{case}: not in STOCKADE_ESCAPE_SUBSET=ci: not run");
+            }
+            hit
+        }
+        Ok(other) => panic!("STOCKADE_ESCAPE_SUBSET={other:?}: expected ci or all"),
+    }
+}
+
+/// The CI subset (see README.md): one or more cases of every category.
+pub const CI_SUBSET: &[&str] = &[];
+
 /// Violation events come from the kernel's audit records of the sandbox's unique host uid, which
 /// only a root-launched sandbox has; CI runs as root.
 pub fn require_root(what: &str) {
@@ -472,6 +543,7 @@ impl Sandbox {
         c.arg("--workspace")
             .arg(ws.path())
             .args(["--timeout", "120s"])
+            .args(level_args())
             .args(&self.flags)
             .arg("--")
             .args(argv.iter().map(AsRef::as_ref));
@@ -534,6 +606,7 @@ impl Sandbox {
             run.label,
             run.stderr
         );
+        run.expect_level_recorded();
         run
     }
 }
@@ -622,6 +695,13 @@ impl Run {
                     self.label, self.events_text
                 )
             })
+    }
+
+    /// `sandbox.created` records the level under test (`enforced.level`): every run checks it, so
+    /// a case can never pass at a weaker level than the one asked for.
+    pub fn expect_level_recorded(&self) -> &Value {
+        let want = level().name();
+        self.event("sandbox.created", |e| e["enforced"]["level"] == want)
     }
 
     /// A seccomp violation event naming `syscall`.
