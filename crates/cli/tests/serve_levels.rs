@@ -14,8 +14,11 @@
 mod support_serve;
 
 use serde_json::json;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use stockade_audit::{DestroyReason, EventKind};
 use support_serve::*;
@@ -31,6 +34,125 @@ fn a_microvm_template_serves_a_whole_session() {
         "microvm",
         "level = \"microvm\"\n[security]\nallow_emulated = true\n",
     );
+}
+
+#[test]
+fn egress_through_the_api_at_gvisor() {
+    egress_at("gvisor", "level = \"gvisor\"\n");
+}
+
+#[test]
+fn egress_through_the_api_at_microvm() {
+    egress_at(
+        "microvm",
+        "level = \"microvm\"\n[security]\nallow_emulated = true\n",
+    );
+}
+
+/// An HTTP server on `ip` answering "hello from IP"; counts connections.
+fn http_server(ip: &str) -> (u16, Arc<AtomicUsize>) {
+    let l = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let body = format!("hello from {ip}");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            c.fetch_add(1, Ordering::SeqCst);
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    (port, count)
+}
+
+/// The allowlist through a session made by the API: the allowed name is fetched (by the proxy
+/// and directly), an unlisted one gets NXDOMAIN and a 403, the canary counts zero, and the
+/// `net.*` events come back through the API.
+fn egress_at(level: &str, level_policy: &str) {
+    let (port, hits) = http_server("127.0.0.2");
+    let (cport, canary) = http_server("127.0.0.3");
+    let srv = Server::start(&[]);
+    let tpl = format!("net-{level}");
+    add_template(
+        &srv,
+        &tpl,
+        &format!(
+            "{level_policy}[network]\nmode = \"allowlist\"\nallow = [\"api.test:{port}\"]\n\
+             allow_private = [\"127.0.0.2/32\"]\n[network.hosts]\n\"api.test\" = \"127.0.0.2\"\n\
+             \"evil.test\" = \"127.0.0.3\"\n"
+        ),
+    );
+    let (id, _) = srv.create(&json!({ "template": tpl }));
+    match &srv.events(&id)[0].kind {
+        EventKind::SandboxCreated { enforced, .. } => assert_eq!(enforced.level, level),
+        other => panic!("{other:?}"),
+    }
+    let script = format!(
+        "import socket, urllib.request\n\
+         print(urllib.request.urlopen('http://api.test:{port}/', timeout=20).read().decode())\n\
+         s = socket.create_connection(('api.test', {port}), timeout=20)\n\
+         s.sendall(b'GET / HTTP/1.1\\r\\nHost: api.test\\r\\nConnection: close\\r\\n\\r\\n')\n\
+         data = b''\n\
+         while True:\n    c = s.recv(4096)\n    if not c: break\n    data += c\n\
+         print(data.decode().split('\\r\\n\\r\\n')[1])\n\
+         try:\n    socket.getaddrinfo('evil.test', {cport}); print('resolved')\n\
+         except socket.gaierror as e: print('gaierror', e.errno)\n\
+         try:\n    urllib.request.urlopen('http://evil.test:{cport}/', timeout=20); print('fetched')\n\
+         except urllib.error.HTTPError as e: print('http', e.code, e.headers.get('X-Stockade-Reason'))\n"
+    );
+    let v = srv.exec_wait(&id, &json!({"argv": ["python3", "-c", script]}));
+    assert_eq!(v["exit_code"], 0, "{v}");
+    assert_eq!(
+        v["stdout"],
+        "hello from 127.0.0.2\nhello from 127.0.0.2\ngaierror -2\nhttp 403 denied:not_in_allowlist\n",
+        "{v}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        canary.load(Ordering::SeqCst),
+        0,
+        "the canary must count zero"
+    );
+    let events = srv.events(&id);
+    let connects: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::NetConnect { .. } => Some(serde_json::to_value(&e.kind).unwrap()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        connects
+            .iter()
+            .filter(|c| c["decision"] == "allowed" && c["name"] == "api.test")
+            .count(),
+        2,
+        "{connects:?}"
+    );
+    assert!(
+        connects
+            .iter()
+            .any(|c| c["reason"] == "denied:not_in_allowlist"),
+        "{connects:?}"
+    );
+    let k = srv.req("DELETE", &format!("/v1/sandboxes/{id}"), Auth::Key, None);
+    assert_eq!(k.status, 204, "{}", k.text());
 }
 
 fn add_template(srv: &Server, name: &str, policy: &str) {
