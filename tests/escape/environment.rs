@@ -126,6 +126,9 @@ fn reversed(s: &str) -> String {
 
 #[test]
 fn host_environment_variables_do_not_reach_the_sandbox() {
+    if outside_subset("environment::host_environment_variables_do_not_reach_the_sandbox") {
+        return;
+    }
     require_root("escape suite");
     let c = Canaries::plant();
     let values: Vec<(String, String)> = SECRET_NAMES
@@ -288,6 +291,9 @@ fn pipe_bytes(r: &mut std::fs::File) -> Vec<u8> {
 
 #[test]
 fn inherited_descriptors_are_closed_before_the_command_runs() {
+    if outside_subset("environment::inherited_descriptors_are_closed_before_the_command_runs") {
+        return;
+    }
     require_root("escape suite");
     let c = Canaries::plant();
     let mut l = leaks();
@@ -375,6 +381,9 @@ done()
 /// (EPERM, audited). Its cmdline and status stay readable and hold nothing secret.
 #[test]
 fn the_agents_environ_memory_and_descriptors_are_unreadable() {
+    if outside_subset("environment::the_agents_environ_memory_and_descriptors_are_unreadable") {
+        return;
+    }
     require_root("escape suite");
     let c = Canaries::plant();
     let run = Sandbox::new("pid 1")
@@ -468,6 +477,9 @@ fn environ(pid: u32) -> Vec<u8> {
 /// command carries the secret in its environment, so nothing inside could find it there either.
 #[test]
 fn the_supervisors_environment_is_not_reachable_from_any_pid() {
+    if outside_subset("environment::the_supervisors_environment_is_not_reachable_from_any_pid") {
+        return;
+    }
     require_root("escape suite");
     let c = Canaries::plant();
     let ws = tempfile::Builder::new()

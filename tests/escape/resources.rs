@@ -706,6 +706,10 @@ fn watch_forks(label: &str, ws: &Path) -> JoinHandle<ForkView> {
 
 #[test]
 fn fork_bomb_stops_at_pids_max_with_eagain_and_the_host_still_forks() {
+    if outside_subset("resources::fork_bomb_stops_at_pids_max_with_eagain_and_the_host_still_forks")
+    {
+        return;
+    }
     require_root("escape suite");
     let _heavy = heavy();
     let ws = workspace();
@@ -792,6 +796,11 @@ done()
 
 #[test]
 fn memory_bomb_is_oom_killed_at_the_limit_and_the_host_keeps_its_memory() {
+    if outside_subset(
+        "resources::memory_bomb_is_oom_killed_at_the_limit_and_the_host_keeps_its_memory",
+    ) {
+        return;
+    }
     require_root("escape suite");
     let _heavy = heavy();
     let watch = MemWatch::start();
@@ -907,6 +916,9 @@ done()
 
 #[test]
 fn filling_tmp_past_the_disk_budget_fails_with_enospc() {
+    if outside_subset("resources::filling_tmp_past_the_disk_budget_fails_with_enospc") {
+        return;
+    }
     require_root("escape suite");
     let _heavy = heavy();
     let name = format!("/tmp/{}.fill", unique("disk"));
@@ -956,6 +968,9 @@ fn ws_file_mib(ws: &Path, name: &str) -> u64 {
 
 #[test]
 fn growing_the_workspace_past_the_disk_budget_is_stopped() {
+    if outside_subset("resources::growing_the_workspace_past_the_disk_budget_is_stopped") {
+        return;
+    }
     require_root("escape suite");
     let _heavy = heavy();
     let ws = workspace();
@@ -1010,6 +1025,9 @@ fn growing_the_workspace_past_the_disk_budget_is_stopped() {
 
 #[test]
 fn a_burst_past_the_workspace_disk_budget_is_stopped_and_recorded() {
+    if outside_subset("resources::a_burst_past_the_workspace_disk_budget_is_stopped_and_recorded") {
+        return;
+    }
     require_root("escape suite");
     let _heavy = heavy();
     // Control first: 64 MiB at full speed under --disk 1GiB completes (and shows the burst's size).
@@ -1091,6 +1109,11 @@ done()
 
 #[test]
 fn an_unlinked_file_growing_in_the_workspace_counts_against_the_disk_budget() {
+    if outside_subset(
+        "resources::an_unlinked_file_growing_in_the_workspace_counts_against_the_disk_budget",
+    ) {
+        return;
+    }
     require_root("escape suite");
     let _heavy = heavy();
     // Control: the writer does put 64 MiB on the host's disk (the workspace's filesystem).
@@ -1168,6 +1191,9 @@ fn sample_hwm(pid: i32) -> JoinHandle<u64> {
 
 #[test]
 fn output_flood_is_cut_at_max_output_and_stockade_stays_small() {
+    if outside_subset("resources::output_flood_is_cut_at_max_output_and_stockade_stays_small") {
+        return;
+    }
     require_root("escape suite");
     let _heavy = heavy();
     // Control first: 512 KiB of the same flood passes intact under the same cap.
@@ -1361,6 +1387,9 @@ fn watch_cpu(label: &str, ws: &Path) -> JoinHandle<CpuView> {
 
 #[test]
 fn cpu_spin_is_held_to_the_quota_and_the_host_stays_responsive() {
+    if outside_subset("resources::cpu_spin_is_held_to_the_quota_and_the_host_stays_responsive") {
+        return;
+    }
     require_root("escape suite");
     let _heavy = heavy();
     let ws = workspace();
@@ -1498,6 +1527,9 @@ impl Drop for KillMarked {
 
 #[test]
 fn a_setsid_double_fork_daemon_dies_with_the_command() {
+    if outside_subset("resources::a_setsid_double_fork_daemon_dies_with_the_command") {
+        return;
+    }
     require_root("escape suite");
     let marker = unique("daemon");
     let ws = workspace();
@@ -1563,6 +1595,11 @@ time.sleep(120)
 
 #[test]
 fn sigkill_to_stockade_makes_the_guardian_kill_the_sandbox_and_remove_its_cgroups() {
+    if outside_subset(
+        "resources::sigkill_to_stockade_makes_the_guardian_kill_the_sandbox_and_remove_its_cgroups",
+    ) {
+        return;
+    }
     require_root("escape suite");
     let marker = unique("sleepers");
     let bg = start(
@@ -1687,6 +1724,9 @@ print("woke", flush=True)
 
 #[test]
 fn a_sleep_past_the_timeout_is_killed() {
+    if outside_subset("resources::a_sleep_past_the_timeout_is_killed") {
+        return;
+    }
     require_root("escape suite");
     let marker = unique("timeout");
     let run = start(
