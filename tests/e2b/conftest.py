@@ -2,6 +2,12 @@
 
 Every test needs the environment run.sh sets; without it a test fails with the reason (it never
 passes by not running).
+
+Isolation level: `run.sh --level gvisor|microvm` adds a template at that level and sets
+STOCKADE_E2B_LEVEL and STOCKADE_E2B_TEMPLATE; the SDK's default template (`Sandbox.create()`
+without `template=`) is then that one, templates the tests add get the same level, and every
+sandbox a fixture makes is checked to run at it (`sandbox.created`). Without the flag: `base`,
+the container level.
 """
 
 import json
@@ -12,9 +18,15 @@ import urllib.error
 import urllib.request
 
 import pytest
-from e2b import Sandbox
+from e2b import AsyncSandbox, Sandbox
 
 NEEDED = ("E2B_API_KEY", "E2B_API_URL", "E2B_SANDBOX_URL", "STOCKADE_BIN", "STOCKADE_STATE_DIR")
+
+# The level every sandbox of the suite runs at and the template the SDK uses by default.
+LEVEL = os.environ.get("STOCKADE_E2B_LEVEL") or "container"
+DEFAULT_TEMPLATE = os.environ.get("STOCKADE_E2B_TEMPLATE") or "base"
+Sandbox.default_template = DEFAULT_TEMPLATE
+AsyncSandbox.default_template = DEFAULT_TEMPLATE
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -75,9 +87,27 @@ def stockade(*args):
     return r.stdout
 
 
+def at_level(policy_toml):
+    """`policy_toml` at the suite's level (unchanged at the container level)."""
+    if LEVEL == "container":
+        return policy_toml
+    out = f'level = "{LEVEL}"\n' + policy_toml
+    if LEVEL == "microvm":
+        assert "[security]" not in policy_toml, "merge allow_emulated into the test's [security]"
+        out += "\n[security]\nallow_emulated = true\n"
+    return out
+
+
+def assert_level(sandbox_id):
+    """The sandbox runs at the suite's level: its `sandbox.created` says so."""
+    created = [e for e in audit_events(sandbox_id) if e["type"] == "sandbox.created"]
+    assert len(created) == 1, created
+    assert created[0]["enforced"]["level"] == LEVEL, created[0]["enforced"]
+
+
 def add_template(name, policy_toml, tmp_path):
     p = tmp_path / f"{name}.toml"
-    p.write_text(policy_toml)
+    p.write_text(at_level(policy_toml))
     stockade("template", "add", name, "--policy", str(p))
 
 
@@ -85,6 +115,7 @@ def add_template(name, policy_toml, tmp_path):
 def sbx():
     s = Sandbox.create(timeout=600)
     try:
+        assert_level(s.sandbox_id)
         yield s
     finally:
         s.kill()

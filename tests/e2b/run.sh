@@ -2,7 +2,15 @@
 # The official E2B Python SDK (pinned) against `stockade serve`: Stockade's E2B-compatible API
 # is judged by a client nobody here wrote.
 #
-#   tests/e2b/run.sh [pytest args...]
+#   tests/e2b/run.sh [--level container|gvisor|microvm] [pytest args...]
+#
+# --level (or STOCKADE_E2B_LEVEL): the isolation level of every sandbox the suite makes. Above
+# the container level a template `e2b-<level>` (base's policy with that `level`; microvm adds
+# `security.allow_emulated = true`, since CI machines have QEMU's TCG only) is added before the
+# server starts and becomes the SDK's default template (conftest.py sets
+# `Sandbox.default_template` from STOCKADE_E2B_TEMPLATE); templates the tests add get the same
+# level, and each fixture sandbox is checked to run at it. The debug-mode sandbox
+# (test_debug.py) is the server's own `base` one: container level whatever the flag.
 #
 # Needs: root (sandboxes), python3 with venv (Debian: python3-venv), PyPI reachable on the first
 # run (the venv is kept under target/e2b-venv). Builds nothing: the binary is $STOCKADE_BIN
@@ -24,6 +32,20 @@ E2B_VERSION=2.63.0
 PYTEST_VERSION=9.2.0
 
 fail() { echo "tests/e2b/run.sh: $*" >&2; exit 1; }
+
+LEVEL=${STOCKADE_E2B_LEVEL:-container}
+if [[ ${1:-} == --level ]]; then
+    [[ $# -ge 2 ]] || fail "--level needs a value: container, gvisor or microvm"
+    LEVEL=$2
+    shift 2
+elif [[ ${1:-} == --level=* ]]; then
+    LEVEL=${1#--level=}
+    shift
+fi
+case $LEVEL in
+    container | gvisor | microvm) ;;
+    *) fail "unknown level $LEVEL (container, gvisor or microvm)" ;;
+esac
 
 [[ -x $BIN ]] || fail "$BIN is not an executable: build it first (cargo build -p stockade) or set STOCKADE_BIN"
 [[ $(id -u) == 0 ]] || fail "must run as root (stockade serve makes sandboxes)"
@@ -60,6 +82,17 @@ DPORT=$(free_port)
 KEY=$("$BIN" --state-dir "$STATE" keys create --name e2b-tests 2>/dev/null | head -n1)
 [[ -n $KEY ]] || fail "stockade keys create printed no key"
 
+TEMPLATE=base
+if [[ $LEVEL != container ]]; then
+    TEMPLATE=e2b-$LEVEL
+    {
+        echo "level = \"$LEVEL\""
+        if [[ $LEVEL == microvm ]]; then printf '[security]\nallow_emulated = true\n'; fi
+    } >"$WORK/$TEMPLATE.toml"
+    "$BIN" --state-dir "$STATE" template add "$TEMPLATE" --policy "$WORK/$TEMPLATE.toml" \
+        || fail "stockade template add $TEMPLATE failed"
+fi
+
 "$BIN" --state-dir "$STATE" serve --listen "127.0.0.1:$PORT" --e2b-debug-listen "127.0.0.1:$DPORT" \
     >"$LOG" 2>&1 &
 SERVER_PID=$!
@@ -79,10 +112,18 @@ export E2B_SANDBOX_URL=http://127.0.0.1:$PORT
 export STOCKADE_E2B_DEBUG_URL=http://127.0.0.1:$DPORT
 export STOCKADE_BIN=$BIN
 export STOCKADE_STATE_DIR=$STATE
+export STOCKADE_E2B_LEVEL=$LEVEL
+export STOCKADE_E2B_TEMPLATE=$TEMPLATE
 unset E2B_DEBUG E2B_DOMAIN E2B_HTTP_VERSION || true
 
+# A microVM boots in 5-12 s under TCG: the whole suite takes longer there.
+LIMIT=1200
+[[ $LEVEL == container ]] || LIMIT=3600
 status=0
-(cd "$ROOT/tests/e2b" && timeout 1200 "$PY" -m pytest -p no:cacheprovider -v "$@") || status=$?
+echo "tests/e2b/run.sh: level $LEVEL, default template $TEMPLATE" >&2
+started=$SECONDS
+(cd "$ROOT/tests/e2b" && timeout "$LIMIT" "$PY" -m pytest -p no:cacheprovider -v "$@") || status=$?
+echo "tests/e2b/run.sh: pytest at level $LEVEL took $((SECONDS - started)) s (status $status)" >&2
 
 # Stop the server and check it left nothing behind.
 kill -TERM "$SERVER_PID"

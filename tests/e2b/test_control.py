@@ -16,7 +16,7 @@ from e2b.exceptions import (
 )
 from packaging.version import Version
 
-from conftest import api
+from conftest import DEFAULT_TEMPLATE, api
 
 
 def test_create_reports_the_sandbox_and_the_envd_version(sbx):
@@ -25,7 +25,7 @@ def test_create_reports_the_sandbox_and_the_envd_version(sbx):
     assert sbx._envd_version == Version("0.6.1")
     info = sbx.get_info()
     assert info.sandbox_id == sbx.sandbox_id
-    assert info.template_id == "base"
+    assert info.template_id == DEFAULT_TEMPLATE
     assert info.state == SandboxState.RUNNING
     assert info.envd_version == "0.6.1"
     assert info.cpu_count >= 1 and info.memory_mb > 0

@@ -4,7 +4,7 @@
 //! client sees it: create, exec over SSE (exact bytes, exit status) and `?wait=true` (stdin),
 //! a PTY over the WebSocket with a resize (at these levels the PTY crosses the tunnel as a socket
 //! and the resize is a Resize request to the agent), files (binary upload, download, list, stat),
-//! a recursive watch, kill (204, `sandbox.destroyed` clean, nothing of it left on the host), and
+//! a full disk (507), a recursive watch, kill (204, `sandbox.destroyed` clean, nothing of it left on the host), and
 //! that `sandbox.created` records the level actually used (with `accel` for a microVM and the
 //! runsc `platform` for gVisor). One sandbox per level: a microVM boot takes 5-12 s here.
 //! Runs as root (CI does).
@@ -175,7 +175,7 @@ fn add_template(srv: &Server, name: &str, policy: &str) {
 fn session_at(level: &str, policy: &str) {
     let srv = Server::start(&[]);
     let tpl = format!("at-{level}");
-    add_template(&srv, &tpl, policy);
+    add_template(&srv, &tpl, &format!("{policy}[limits]\ndisk = \"4MiB\"\n"));
 
     // Create: 201 from the template, and the trail records the level actually used.
     let t0 = Instant::now();
@@ -312,6 +312,13 @@ fn session_at(level: &str, policy: &str) {
     );
     let r = srv.get(&srv.files(&id, "d1/nope"), Auth::Key);
     assert_eq!(r.err(), (404, "not_found".into()), "{}", r.text());
+    // A full disk (4 MiB here, as serve_data tests at the container level): 507, nothing left, the file already there unharmed.
+    let big = vec![7u8; 8 << 20];
+    let r = srv.req("PUT", &srv.files(&id, "d1/big"), Auth::Key, Some(&big));
+    assert_eq!(r.err(), (507, "disk_full".into()), "{}", r.text());
+    let r = srv.get(&srv.files(&id, "d1/big"), Auth::Key);
+    assert_eq!(r.err(), (404, "not_found".into()), "{}", r.text());
+    assert!(srv.get(&srv.files(&id, "d1/blob.bin"), Auth::Key).body == data);
 
     // Watch: a recursive watch sees a file made by a command.
     srv.sh(&id, "mkdir -p ~/w/sub");
