@@ -209,6 +209,7 @@ fn start_backend(
             if allow_weaker {
                 args.push(stockade_agent::launcher::ALLOW_WEAKER_ARG.into());
             }
+            idmap_for_gvisor(plan)?;
             let guest =
                 crate::gvisor::write_bundle_with_args(plan, &bundle, &spec.guest_bin, &args)?;
             let cmd = crate::gvisor::runsc_command(
@@ -288,6 +289,59 @@ fn start_backend(
         g2h: g2h_r,
         log,
     })
+}
+
+/// gVisor's gofer (root) serves the sandbox's files: in a private mount namespace of this
+/// process (runsc inherits it), each writable host path the plan idmaps (a rw workspace) is
+/// covered by an idmapped clone of itself, so that, as at the container level, root-owned files
+/// appear owned by the sandbox user and what it creates lands root-owned on disk. Two mappings:
+/// on-disk root ↔ the sandbox uid, and the sandbox's own unused host uid ↔ root, which is what
+/// the gofer's creations (as root) are stored as until it gives them to the sandbox user.
+fn idmap_for_gvisor(plan: &SandboxPlan) -> Result<(), String> {
+    let Some(unused) = plan.idmap_host_uid else {
+        return Ok(()); // not launched by root: nothing is idmapped at any level
+    };
+    let mut paths: Vec<PathBuf> = Vec::new();
+    if plan.workspace.idmap && plan.workspace.kind == stockade_jail::plan::WorkspaceKind::Rw {
+        paths.push(plan.workspace.host.clone());
+    }
+    for op in &plan.root_ops {
+        if let stockade_jail::plan::RootOp::Bind(b) = op
+            && b.writable
+            && b.idmap
+        {
+            paths.push(b.source.clone());
+        }
+    }
+    if paths.is_empty() {
+        return Ok(());
+    }
+    sys::unshare(libc::CLONE_NEWNS).map_err(|e| format!("gvisor: unshare(mount): {e}"))?;
+    sys::mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )
+    .map_err(|e| format!("gvisor: making mounts private: {e}"))?;
+    // `on-disk visible count` lines (the mount's namespace sees the disk's ids as its own).
+    let uid_map = format!("0 {} 1\n{unused} 0 1\n", plan.uid);
+    let gid_map = format!("0 {} 1\n{unused} 0 1\n", plan.gid);
+    let ns = crate::microvm::idmap_userns_with(&uid_map, &gid_map)?;
+    for p in &paths {
+        let fd = sys::open_tree_clone(p, true)
+            .map_err(|e| format!("gvisor: opening {}: {e}", p.display()))?;
+        sys::mount_setattr_idmap(&fd, &ns).map_err(|e| {
+            format!(
+                "gvisor: idmapping {} (its filesystem must support idmapped mounts): {e}",
+                p.display()
+            )
+        })?;
+        sys::move_mount_fd(&fd, p)
+            .map_err(|e| format!("gvisor: mounting the idmapped {}: {e}", p.display()))?;
+    }
+    Ok(())
 }
 
 /// The QEMU command and the guest's plan: in a private mount namespace of this process (QEMU

@@ -14,7 +14,7 @@ mod view;
 
 pub use assets::{Assets, DEFAULT_DIR, write_initramfs};
 pub use qemu::{TCG_TB_SIZE_MIB, VmSpec, host_tsc_khz, kernel_cmdline, qemu_command};
-pub use view::{GUEST_HOST_DIR, build_view};
+pub use view::{GUEST_HOST_DIR, build_view, idmap_userns_with};
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;

@@ -201,6 +201,13 @@ fn mount_point(view: &Path, target: &Path, dir: bool) -> Result<(), String> {
 /// A user namespace whose only mapping is `0 → host_uid` (uid and gid): the idmapping of the
 /// writable binds (as `stockade_jail::launch` does for the container level).
 fn idmap_userns(host_uid: u32) -> Result<OwnedFd, String> {
+    let map = format!("0 {host_uid} 1\n");
+    idmap_userns_with(&map, &map)
+}
+
+/// A user namespace with these uid and gid maps (`inside outside count` lines), to idmap mounts
+/// with: a file owned by `outside` on disk appears owned by `inside` through the mount.
+pub fn idmap_userns_with(uid_map: &str, gid_map: &str) -> Result<OwnedFd, String> {
     let mut fds = [0; 2];
     // SAFETY: `fds` is a valid two-element out-array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
@@ -248,9 +255,9 @@ fn idmap_userns(host_uid: u32) -> Result<OwnedFd, String> {
     drop(r);
     let result = (|| -> io::Result<OwnedFd> {
         let dir = PathBuf::from(format!("/proc/{pid}"));
-        fs::write(dir.join("uid_map"), format!("0 {host_uid} 1\n"))?;
+        fs::write(dir.join("uid_map"), uid_map)?;
         fs::write(dir.join("setgroups"), "deny")?;
-        fs::write(dir.join("gid_map"), format!("0 {host_uid} 1\n"))?;
+        fs::write(dir.join("gid_map"), gid_map)?;
         fs::File::open(dir.join("ns/user")).map(OwnedFd::from)
     })();
     drop(w);
