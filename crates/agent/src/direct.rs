@@ -126,9 +126,12 @@ fn setup(plan: &SandboxPlan, allow_weaker: bool) -> Result<Prepared, String> {
     // gVisor lets any user bind ports below 1024, so the bridge's later per-name listeners
     // (80/443) need no sysctl.
     let bridge = pid1::bind_bridge(plan)?;
-    pid1::cwd_and_rlimits(plan)?;
     let seccomp = pid1::seccomp_program(plan)?;
+    crate::fsops::allow_openat_fallback();
     drop_privileges(plan.uid, plan.gid)?;
+    // As the sandbox user: root here holds no DAC capability, and a 0700 workspace or HOME
+    // belongs to the sandbox user.
+    pid1::cwd_and_rlimits(plan)?;
     let enforced = restrict(seccomp.as_ref(), allow_weaker)?;
     Ok(Prepared {
         enforced,

@@ -42,6 +42,37 @@ pub const MAX_LIST_DEPTH: u32 = 64;
 const REMOVE_BUDGET: u64 = 20_000_000;
 const RESOLVE: ResolveFlags = ResolveFlags::NO_MAGICLINKS;
 
+/// Set by the gvisor level's agent: runsc 2022 has no openat2 (ENOSYS). There, and only there,
+/// a plain openat replaces it: magic links cannot lead out of a gVisor sandbox (its /proc shows
+/// only the sandbox's own processes), and what is opened is still checked not to be on /proc.
+static OPENAT_FALLBACK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets file operations use openat where openat2 does not exist (gvisor level only).
+pub fn allow_openat_fallback() {
+    OPENAT_FALLBACK.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// openat2 with [`RESOLVE`], or (gvisor level, ENOSYS) openat refusing results on /proc.
+fn open2(
+    dir: impl AsFd,
+    path: impl rustix::path::Arg + Copy,
+    flags: OFlags,
+    mode: Mode,
+) -> Result<OwnedFd, Errno> {
+    match rustix::fs::openat2(&dir, path, flags, mode, RESOLVE) {
+        Err(Errno::NOSYS) if OPENAT_FALLBACK.load(std::sync::atomic::Ordering::Relaxed) => {
+            let fd = rustix::fs::openat(&dir, path, flags, mode)?;
+            const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+            match rustix::fs::fstatfs(&fd) {
+                Ok(st) if st.f_type != PROC_SUPER_MAGIC => Ok(fd),
+                Ok(_) => Err(Errno::XDEV),
+                Err(e) => Err(e),
+            }
+        }
+        r => r,
+    }
+}
+
 /// A failed operation: the errno inside and a message naming the path.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -155,12 +186,11 @@ fn cstring(path: &str, s: &str) -> Result<CString, FsError> {
 
 /// Opens a directory by absolute path (symlinks followed, magic links refused).
 pub(crate) fn open_dir(path: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
-    rustix::fs::openat2(
+    open2(
         CWD,
         path,
         flags | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
-        RESOLVE,
     )
 }
 
@@ -438,12 +468,11 @@ fn mkdir_all(path: &str, asked: bool) -> Result<(OwnedFd, bool, Created), FsErro
         };
         // A symlink to a directory is followed, as `mkdir -p` does; anything else in the way
         // is an error: ENOTDIR for a parent, EEXIST for the directory asked for.
-        cur = match rustix::fs::openat2(
+        cur = match open2(
             &cur,
             &name,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
-            RESOLVE,
         ) {
             Ok(fd) => fd,
             Err(Errno::NOTDIR) if last && asked => {
@@ -639,12 +668,11 @@ pub fn open(path: &str, write: bool) -> Result<(OwnedFd, Entry), FsError> {
     // Something that is there and not a regular file is refused before the open (which would
     // truncate it, or fail with ENXIO for a socket or a FIFO nobody reads); the fstat below
     // closes the race.
-    let there = rustix::fs::openat2(
+    let there = open2(
         &parent,
         &name,
         OFlags::PATH | OFlags::CLOEXEC,
         Mode::empty(),
-        RESOLVE,
     );
     if let Ok(st) = there.and_then(rustix::fs::fstat)
         && kind_of(st.st_mode) != EntryKind::File
@@ -660,7 +688,7 @@ pub fn open(path: &str, write: bool) -> Result<(OwnedFd, Entry), FsError> {
     };
     // openat2 takes a mode only with O_CREAT.
     let mode = Mode::from_raw_mode(if write { 0o644 } else { 0 });
-    let fd = match rustix::fs::openat2(&parent, &name, flags, mode, RESOLVE) {
+    let fd = match open2(&parent, &name, flags, mode) {
         Ok(fd) => fd,
         Err(e) => {
             created.undo();

@@ -222,6 +222,17 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+fn set_blocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL take integer arguments on a descriptor the caller owns.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for `buf.len()` bytes of writes for the duration of the call.
     let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
@@ -490,8 +501,15 @@ impl Tunnel {
                     Kind::Sink => (false, true),
                     Kind::Duplex => (true, true),
                 };
-                set_nonblocking(fd.as_raw_fd())?;
-                new.push((id, Stream::new(fd, reading, writing)));
+                let s = Stream::new(fd, reading, writing);
+                if s.file {
+                    // A regular file is read and written at once, in order (some kernels, gVisor
+                    // among them, answer EAGAIN for a file opened O_NONBLOCK).
+                    set_blocking(s.raw())?;
+                } else {
+                    set_nonblocking(s.raw())?;
+                }
+                new.push((id, s));
             }
             self.drain_all();
             if want > 0 {

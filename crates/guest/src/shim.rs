@@ -45,6 +45,9 @@ pub fn run(rx: OwnedFd, tx: OwnedFd, sub: &str, allow_weaker: bool) -> i32 {
 }
 
 fn run_inner(rx: OwnedFd, tx: OwnedFd, sub: &str, allow_weaker: bool) -> io::Result<i32> {
+    // Nothing inside may read this process's memory, environment or descriptors through /proc
+    // (it runs as root and holds the transport).
+    stockade_jail::sys::set_dumpable(false)?;
     let (ctrl_ours, ctrl_theirs) = UnixStream::pair()?;
     let (plan_r, plan_w) = pipe()?;
     let (live_r, live_w) = pipe()?;
@@ -118,6 +121,13 @@ fn run_inner(rx: OwnedFd, tx: OwnedFd, sub: &str, allow_weaker: bool) -> io::Res
             };
             break;
         }
+    }
+    // The child is gone (normally after the sandbox ended; or it was killed from inside, in gVisor
+    // where the agent is not PID 1): nothing of the sandbox may outlive it. kill(-1) from PID 1
+    // reaches every other process.
+    if std::process::id() == 1 {
+        // SAFETY: kill takes integers; -1 with SIGKILL ends every process but this one.
+        unsafe { libc::kill(-1, libc::SIGKILL) };
     }
     // The tunnel ends once everything the sandbox wrote is sent; bounded, in case a descriptor
     // was leaked to something that outlived the sandbox.

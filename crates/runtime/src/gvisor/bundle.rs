@@ -469,7 +469,14 @@ pub fn write_bundle_with_args(
         Want::Dir,
     )?;
     lay.ensure(Path::new("/dev"), Want::Dir, 0o755)?;
-    let s = plan.scratch_bytes;
+    // One disk budget, as at the container level (where one tmpfs backs them all): runsc gives
+    // each tmpfs its own size, so the budget is split between them and their sum never exceeds it.
+    let parts = if plan.workspace.kind == WorkspaceKind::Tmp {
+        4
+    } else {
+        3
+    };
+    let s = (plan.scratch_bytes / parts) & !4095;
     lay.push(tmpfs(Path::new("/tmp"), s, "1777", None), Want::Dir)?;
     lay.push(
         tmpfs(&plan.home, s, "0700", Some((plan.uid, plan.gid))),

@@ -425,6 +425,8 @@ impl Session {
             if let Some(cg) = cg {
                 let _ = cg.destroy();
             }
+            // A killed __vmm leaves its backend's state (runsc's container, the work dir).
+            crate::backend::cleanup_after(&id);
             fail(audit, e)
         };
         let secrets = match crate::secrets::prepare(policy, &id) {
