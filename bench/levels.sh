@@ -13,12 +13,12 @@
 # turns in rounds. Memory: peak of the sandbox's memory cgroup (memory.max_usage_in_bytes, as
 # Stockade's audit trail reports it: `peak_memory_bytes` of sandbox.ended) for `sleep 1`; the
 # direct runs are put in a fresh v1 memory cgroup of their own and read the same way.
-# Honours /tmp/stockade-quiet (written by whoever wants a quiet machine: we wait while it exists
-# and is younger than 30 minutes).
+# Quiet period: while it measures it holds /tmp/stockade-quiet (its pid; a request to other work
+# on the machine to hold off), and waits first while another run holds it (younger than 30 min).
 #   bench/levels.sh           full run (about 6 minutes here under TCG); table into BENCHMARKS.md
 #   bench/levels.sh --smoke   2 runs per command, asserts only that everything ran (exit 0)
 source "$(dirname "$0")/lib.sh"
-rounds=3 runs=5 warmup=1 mvm_runs=2 mem_reps=3
+rounds=3 runs=10 warmup=1 mvm_runs=3 mem_reps=3
 [ "$smoke" = 1 ] && rounds=1 runs=2 warmup=0 mvm_runs=2 mem_reps=1
 require hyperfine hyperfine bwrap bubblewrap runsc runsc qemu-system-x86_64 qemu-system-x86
 [ "$(id -u)" = 0 ] || { echo "$0: run as root (runsc, memory cgroups)" >&2; exit 1; }
@@ -35,6 +35,7 @@ while [ -e /tmp/stockade-quiet ] && [ -n "$(find /tmp/stockade-quiet -mmin -30 2
   echo "levels: /tmp/stockade-quiet is present, waiting" >&2; sleep 10
 done
 
+echo "$$ bench/levels.sh" >/tmp/stockade-quiet
 tmp=$(mktemp -d /tmp/stockade-bench-levels.XXXXXX)
 chmod 755 "$tmp"
 ws="$tmp/ws" state="$tmp/state"
@@ -44,6 +45,7 @@ cleanup() {
   [ -d "$cg" ] && rmdir "$cg" 2>/dev/null
   for r in "$tmp"/runsc*; do [ -d "$r" ] && runsc --root "$r" delete --force bench-true >/dev/null 2>&1; done
   rm -rf "$tmp"
+  [ "$(cut -d' ' -f1 /tmp/stockade-quiet 2>/dev/null)" = $$ ] && rm -f /tmp/stockade-quiet
 }
 trap cleanup EXIT
 cd "$ws"

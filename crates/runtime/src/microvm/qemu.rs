@@ -50,10 +50,9 @@ pub fn host_tsc_khz() -> Option<u64> {
 /// Kernel command line words that shorten the guest's boot, each measured under TCG (see
 /// docs/microvm.md, "Boot time"): `cryptomgr.notests` skips the crypto self-tests (the largest
 /// single initcall, ~0.5 s of emulated time); the rest skip probes of hardware microvm does not
-/// have (PCI, a second to fourth UART, the PS/2 controller), the IO-APIC timer check, and seed
-/// the CRNG from the (emulated) RDRAND at once.
-pub const FAST_BOOT: &str = "cryptomgr.notests pci=off 8250.nr_uarts=1 i8042.noaux i8042.nokbd \
-                             no_timer_check random.trust_cpu=on";
+/// have (PCI, a second to fourth UART, the PS/2 controller) and the IO-APIC timer check.
+pub const FAST_BOOT: &str =
+    "cryptomgr.notests pci=off 8250.nr_uarts=1 i8042.noaux i8042.nokbd no_timer_check";
 
 /// The kernel command line.
 pub fn kernel_cmdline(spec: &VmSpec) -> String {
