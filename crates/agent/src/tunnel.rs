@@ -35,7 +35,7 @@
 use crate::protocol::{AgentMsg, FsReply, MAX_FRAME};
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -296,16 +296,6 @@ fn kind_of(fd: &OwnedFd) -> io::Result<Kind> {
     }
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid out-array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are new and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
 impl Tunnel {
     fn send_msg(&mut self, t: u8, stream: u32, payload: &[u8]) {
         if self.tx_broken {
@@ -547,11 +537,11 @@ impl Tunnel {
             self.next_id = id + 1;
             let (ours, theirs, reading, writing) = match kind {
                 1 => {
-                    let (r, w) = pipe()?;
+                    let (r, w) = stockade_jail::sys::pipe_cloexec()?;
                     (w, r, false, true)
                 }
                 2 => {
-                    let (r, w) = pipe()?;
+                    let (r, w) = stockade_jail::sys::pipe_cloexec()?;
                     (r, w, true, false)
                 }
                 3 => {

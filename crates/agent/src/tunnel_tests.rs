@@ -23,13 +23,13 @@ struct Pair {
 }
 
 fn pipe_files() -> (std::fs::File, std::fs::File) {
-    let (r, w) = pipe().unwrap();
+    let (r, w) = stockade_jail::sys::pipe_cloexec().unwrap();
     (std::fs::File::from(r), std::fs::File::from(w))
 }
 
 fn start() -> Pair {
-    let (h2g_r, h2g_w) = pipe().unwrap();
-    let (g2h_r, g2h_w) = pipe().unwrap();
+    let (h2g_r, h2g_w) = stockade_jail::sys::pipe_cloexec().unwrap();
+    let (g2h_r, g2h_w) = stockade_jail::sys::pipe_cloexec().unwrap();
     let (sup_ctrl, host_ctrl) = UnixStream::pair().unwrap();
     let (agent_ctrl, guest_ctrl) = UnixStream::pair().unwrap();
     // Host: reads stdin/plan written by the supervisor, writes stdout for it.
@@ -261,8 +261,8 @@ fn the_host_refuses_hostile_bytes_from_the_guest() {
         }),
     ];
     for (what, bytes) in cases {
-        let (g2h_r, g2h_w) = pipe().unwrap();
-        let (_h2g_r, h2g_w) = pipe().unwrap();
+        let (g2h_r, g2h_w) = stockade_jail::sys::pipe_cloexec().unwrap();
+        let (_h2g_r, h2g_w) = stockade_jail::sys::pipe_cloexec().unwrap();
         let (_sup, host_ctrl) = UnixStream::pair().unwrap();
         let h = std::thread::spawn(move || run(Role::Host, g2h_r, h2g_w, host_ctrl, vec![]));
         let mut w = std::fs::File::from(g2h_w);

@@ -4,33 +4,12 @@
 //! reaps every process that ends up ours (in a microVM this binary is PID 1).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use stockade_agent::tunnel::{self, Role, Way};
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid out-array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are new and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Duplicates `fd` to a number >= 10 (CLOEXEC), so dup2 onto 0..5 cannot clobber a source.
-fn high(fd: OwnedFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC takes an integer and returns a new descriptor we own.
-    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `n` is a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(n) })
-}
 
 /// Runs the child `sub` (with `--allow-weaker-isolation` when `allow_weaker`) behind the tunnel
 /// on `rx`/`tx`; returns the child's exit code once it and the tunnel have ended.
@@ -49,18 +28,18 @@ fn run_inner(rx: OwnedFd, tx: OwnedFd, sub: &str, allow_weaker: bool) -> io::Res
     // (it runs as root and holds the transport).
     stockade_jail::sys::set_dumpable(false)?;
     let (ctrl_ours, ctrl_theirs) = UnixStream::pair()?;
-    let (plan_r, plan_w) = pipe()?;
-    let (live_r, live_w) = pipe()?;
-    let (in_r, in_w) = pipe()?;
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
+    let (plan_r, plan_w) = stockade_jail::sys::pipe_cloexec()?;
+    let (live_r, live_w) = stockade_jail::sys::pipe_cloexec()?;
+    let (in_r, in_w) = stockade_jail::sys::pipe_cloexec()?;
+    let (out_r, out_w) = stockade_jail::sys::pipe_cloexec()?;
+    let (err_r, err_w) = stockade_jail::sys::pipe_cloexec()?;
     let theirs = [
-        high(in_r)?,
-        high(out_w)?,
-        high(err_w)?,
-        high(OwnedFd::from(ctrl_theirs))?,
-        high(plan_r)?,
-        high(live_r)?,
+        stockade_jail::sys::dup_high(in_r)?,
+        stockade_jail::sys::dup_high(out_w)?,
+        stockade_jail::sys::dup_high(err_w)?,
+        stockade_jail::sys::dup_high(OwnedFd::from(ctrl_theirs))?,
+        stockade_jail::sys::dup_high(plan_r)?,
+        stockade_jail::sys::dup_high(live_r)?,
     ];
     let sources: Vec<(RawFd, RawFd)> = theirs
         .iter()

@@ -3,7 +3,7 @@
 //! the descriptors listed in `stockade_agent::launcher`; every other descriptor is CLOEXEC.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -21,27 +21,6 @@ pub struct Launched {
     pub stderr: std::fs::File,
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid out-array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are new and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Duplicates `fd` to a number >= 10 (CLOEXEC), so dup2 onto 3..5 in the child cannot clobber a source.
-fn high(fd: OwnedFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC takes an integer and returns a new descriptor we own.
-    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `n` is a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(n) })
-}
-
 pub fn spawn_launcher(allow_weaker: bool) -> io::Result<Launched> {
     spawn_helper("__launch", allow_weaker)
 }
@@ -50,14 +29,14 @@ pub fn spawn_launcher(allow_weaker: bool) -> io::Result<Launched> {
 /// launcher's descriptors.
 pub fn spawn_helper(sub: &str, allow_weaker: bool) -> io::Result<Launched> {
     let (ctrl_ours, ctrl_theirs) = UnixStream::pair()?;
-    let (plan_r, plan_w) = pipe()?;
-    let (live_r, live_w) = pipe()?;
-    let (in_r, in_w) = pipe()?;
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
-    let ctrl_theirs = high(OwnedFd::from(ctrl_theirs))?;
-    let plan_r = high(plan_r)?;
-    let live_r = high(live_r)?;
+    let (plan_r, plan_w) = stockade_jail::sys::pipe_cloexec()?;
+    let (live_r, live_w) = stockade_jail::sys::pipe_cloexec()?;
+    let (in_r, in_w) = stockade_jail::sys::pipe_cloexec()?;
+    let (out_r, out_w) = stockade_jail::sys::pipe_cloexec()?;
+    let (err_r, err_w) = stockade_jail::sys::pipe_cloexec()?;
+    let ctrl_theirs = stockade_jail::sys::dup_high(OwnedFd::from(ctrl_theirs))?;
+    let plan_r = stockade_jail::sys::dup_high(plan_r)?;
+    let live_r = stockade_jail::sys::dup_high(live_r)?;
     let sources: [(RawFd, RawFd); 3] = [
         (ctrl_theirs.as_raw_fd(), CTRL_FD),
         (plan_r.as_raw_fd(), PLAN_FD),

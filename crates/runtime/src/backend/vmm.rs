@@ -24,16 +24,6 @@ use stockade_agent::tunnel::{self, Role, Way};
 use stockade_jail::plan::{BackendLevel, BackendSpec, SandboxPlan};
 use stockade_jail::sys;
 
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid out-array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are new and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
 /// Entry point; returns the exit code.
 pub fn main(allow_weaker: bool) -> i32 {
     if sys::close_fds_from(LIVENESS_FD + 1).is_err() {
@@ -93,7 +83,7 @@ pub fn main(allow_weaker: bool) -> i32 {
         g2h,
         log,
     } = started;
-    let (plan_r, plan_w) = match pipe() {
+    let (plan_r, plan_w) = match stockade_jail::sys::pipe_cloexec() {
         Ok(p) => p,
         Err(e) => {
             kill(&mut child);
@@ -224,8 +214,8 @@ fn start_backend(
         BackendLevel::Microvm => prepare_microvm(plan, spec, allow_weaker)?,
     };
     let guest_plan = serde_json::to_vec(&guest_plan).map_err(|e| format!("plan: {e}"))?;
-    let (h2g_r, h2g_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
-    let (g2h_r, g2h_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (h2g_r, h2g_w) = stockade_jail::sys::pipe_cloexec().map_err(|e| format!("pipe: {e}"))?;
+    let (g2h_r, g2h_w) = stockade_jail::sys::pipe_cloexec().map_err(|e| format!("pipe: {e}"))?;
     let log_file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     if let Some(id) = run_as {
         // QEMU reopens its stderr by path for the guest console.
@@ -316,15 +306,7 @@ fn idmap_for_gvisor(plan: &SandboxPlan) -> Result<(), String> {
     if paths.is_empty() {
         return Ok(());
     }
-    sys::unshare(libc::CLONE_NEWNS).map_err(|e| format!("gvisor: unshare(mount): {e}"))?;
-    sys::mount(
-        None,
-        Path::new("/"),
-        None,
-        libc::MS_REC | libc::MS_PRIVATE,
-        None,
-    )
-    .map_err(|e| format!("gvisor: making mounts private: {e}"))?;
+    private_mounts("gvisor")?;
     // `on-disk visible count` lines (the mount's namespace sees the disk's ids as its own).
     let uid_map = format!("0 {} 1\n{unused} 0 1\n", plan.uid);
     let gid_map = format!("0 {} 1\n{unused} 0 1\n", plan.gid);
@@ -355,15 +337,7 @@ fn prepare_microvm(
     let assets = Assets::locate()?;
     let initramfs = assets.initramfs(&spec.guest_bin, None)?;
     // Only this process and QEMU see the view's mounts; they vanish with them.
-    sys::unshare(libc::CLONE_NEWNS).map_err(|e| format!("microvm: unshare(mount): {e}"))?;
-    sys::mount(
-        None,
-        Path::new("/"),
-        None,
-        libc::MS_REC | libc::MS_PRIVATE,
-        None,
-    )
-    .map_err(|e| format!("microvm: making mounts private: {e}"))?;
+    private_mounts("microvm")?;
     // SAFETY: geteuid takes no arguments and cannot fail.
     let me = unsafe { libc::geteuid() };
     // QEMU runs as the sandbox's own unused host uid (root launches) or as the caller.
@@ -394,6 +368,20 @@ pub const VMM_OVERHEAD: u64 = 192 << 20;
 /// The guest RAM for a sandbox whose memory limit is `limit` (at least 128 MiB).
 pub fn guest_memory(limit: u64) -> u64 {
     limit.saturating_sub(VMM_OVERHEAD).max(128 << 20)
+}
+
+/// Gives this process its own mount namespace with nothing propagating back to the host's: what
+/// it mounts now (and the backend it starts, which inherits it) vanishes with them.
+fn private_mounts(level: &str) -> Result<(), String> {
+    sys::unshare(libc::CLONE_NEWNS).map_err(|e| format!("{level}: unshare(mount): {e}"))?;
+    sys::mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )
+    .map_err(|e| format!("{level}: making mounts private: {e}"))
 }
 
 /// The runsc container id of sandbox `id`.
