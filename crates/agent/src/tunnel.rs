@@ -59,6 +59,10 @@ pub const MAX_STREAMS: usize = 4096;
 const TX_HIGH: usize = 1024 * 1024;
 /// Control bytes waiting for the local side above which the transport is not read.
 const CTRL_HIGH: usize = 16 * 1024 * 1024;
+/// Stream bytes waiting for their local descriptors (all streams together) above which the
+/// transport is not read: the peer's windows bound each stream, this bounds their sum (a
+/// hostile guest opening thousands of streams cannot make the host buffer more).
+const STREAMS_HIGH: usize = 64 * 1024 * 1024;
 /// The first id the guest gives to a descriptor it passes (ids below are the fixed streams).
 const FIRST_DYNAMIC: u32 = 16;
 
@@ -704,7 +708,8 @@ impl Tunnel {
                 Ok(n) => {
                     self.rx_buf.extend_from_slice(&chunk[..n]);
                     self.handle_rx()?;
-                    if self.ctrl.out_len > CTRL_HIGH {
+                    let buffered: usize = self.streams.values().map(|s| s.out.len()).sum();
+                    if self.ctrl.out_len > CTRL_HIGH || buffered > STREAMS_HIGH {
                         return Ok(());
                     }
                 }
@@ -790,7 +795,8 @@ pub fn run(
         let mut pfds: Vec<libc::pollfd> = Vec::new();
         let mut who: Vec<Option<u32>> = Vec::new(); // None: transport rx/tx or ctrl
         let backpressure = t.tx_buf.len() > TX_HIGH;
-        if t.rx_open && t.ctrl.out_len <= CTRL_HIGH {
+        let buffered: usize = t.streams.values().map(|s| s.out.len()).sum();
+        if t.rx_open && t.ctrl.out_len <= CTRL_HIGH && buffered <= STREAMS_HIGH {
             pfds.push(pollfd(t.rx.as_raw_fd(), libc::POLLIN));
             who.push(None);
         }
