@@ -429,5 +429,13 @@ fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let start = lines.len().saturating_sub(6);
-    lines[start..].join(" | ")
+    // The console is written from inside: bounded, and only printable characters pass.
+    let chars: Vec<char> = lines[start..]
+        .join(" | ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    let from = chars.len().saturating_sub(2000);
+    let tail: String = chars[from..].iter().collect();
+    if from > 0 { format!("...{tail}") } else { tail }
 }
