@@ -506,151 +506,35 @@ fn gvisor_report(probed: &Result<String, String>) -> LevelReport {
     }
 }
 
-/// Each runsc platform, tried the way the gvisor level's probe tries them (a throwaway
-/// container running the host's `/bin/true` on a read-only `/`), so the report says why the
-/// others do not work. Needs root, like the gvisor level.
+/// Each runsc platform, tried by the gvisor level's own probe (a throwaway container running
+/// the host's `/bin/true` on a read-only `/`), so the report says why the others do not work.
+/// Needs root, like the gvisor level.
 fn gvisor_platforms(runsc: &Path) -> Vec<Check> {
-    // SAFETY: geteuid takes no arguments and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return vec![Check {
-            name: "platforms",
-            ok: false,
-            detail: "not tried: the gvisor level (and this check) needs root".into(),
-        }];
-    }
-    let work = match tempdir("stockade-doctor-gvisor-") {
-        Ok(w) => w,
-        Err(e) => {
-            return vec![Check {
-                name: "platforms",
-                ok: false,
-                detail: format!("not tried: {e}"),
-            }];
-        }
-    };
-    let bundle = work.join("bundle");
-    let state = work.join("state");
-    let config = serde_json::json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["/bin/true"],
-            "env": [], "cwd": "/", "noNewPrivileges": true,
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-        },
-        "root": {"path": "/", "readonly": true},
-        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
-        "linux": {"namespaces": [
-            {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"},
-        ]},
-    });
-    let written = std::fs::create_dir_all(&bundle)
-        .and_then(|()| std::fs::create_dir_all(&state))
-        .and_then(|()| std::fs::write(bundle.join("config.json"), config.to_string()));
-    let out = match written {
+    match stockade_runtime::gvisor::try_each(runsc) {
         Err(e) => vec![Check {
             name: "platforms",
             ok: false,
-            detail: format!(
-                "not tried: writing the bundle under {}: {e}",
-                work.display()
-            ),
+            detail: format!("not tried: {e}"),
         }],
-        Ok(()) => [("systrap", 10), ("kvm", 5), ("ptrace", 20)]
+        Ok(tried) => tried
             .into_iter()
-            .map(|(platform, secs)| {
-                let id = format!("stockade-doctor-{}-{platform}", std::process::id());
-                let r = try_platform(runsc, platform, &state, &bundle, &id, secs);
-                stockade_runtime::gvisor::cleanup(runsc, &state, &id);
-                Check {
-                    name: match platform {
-                        "systrap" => "platform systrap",
-                        "kvm" => "platform kvm",
-                        _ => "platform ptrace",
-                    },
-                    ok: r.is_ok(),
-                    detail: match r {
-                        Ok(ms) => format!("ran /bin/true in {ms} ms"),
-                        Err(e) => e,
-                    },
-                }
+            .map(|(platform, r)| Check {
+                name: match platform {
+                    "systrap" => "platform systrap",
+                    "kvm" => "platform kvm",
+                    _ => "platform ptrace",
+                },
+                ok: r.is_ok(),
+                detail: match r {
+                    Ok(d) => format!("ran /bin/true in {} ms", d.as_millis()),
+                    Err(e) if e.starts_with("did not finish") => format!(
+                        "{e} (hangs: typically /dev/kvm present without usable hardware virtualization)"
+                    ),
+                    Err(e) => e,
+                },
             })
             .collect(),
-    };
-    let _ = std::fs::remove_dir_all(&work);
-    out
-}
-
-fn try_platform(
-    runsc: &Path,
-    platform: &str,
-    state: &Path,
-    bundle: &Path,
-    id: &str,
-    secs: u64,
-) -> Result<u128, String> {
-    use std::io::Read;
-    use std::time::{Duration, Instant};
-    if platform == "kvm" && !Path::new("/dev/kvm").exists() {
-        return Err("no /dev/kvm".into());
     }
-    let start = Instant::now();
-    let mut child = stockade_runtime::gvisor::runsc_command(runsc, platform, state, bundle, id)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", runsc.display()))?;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
-            Ok(None) if start.elapsed() < Duration::from_secs(secs) => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            _ => break None,
-        }
-    };
-    let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(format!(
-            "did not finish within {secs} s (hangs: typically /dev/kvm present without usable \
-             hardware virtualization)"
-        ));
-    };
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    if status.success() {
-        return Ok(start.elapsed().as_millis());
-    }
-    let last = err
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    Err(format!("{status}: {last}"))
-}
-
-/// A fresh private directory under the temp dir.
-fn tempdir(prefix: &str) -> std::io::Result<std::path::PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    let mut n = std::process::id() as u64;
-    for _ in 0..16 {
-        let p = std::env::temp_dir().join(format!("{prefix}{n:x}"));
-        match std::fs::DirBuilder::new().mode(0o700).create(&p) {
-            Ok(()) => return Ok(p),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                n = n
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::other("no free temporary directory name"))
 }
 
 fn microvm_report(host: &stockade_runtime::levels::HostLevels) -> LevelReport {

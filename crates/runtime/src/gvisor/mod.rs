@@ -15,7 +15,7 @@ mod bundle;
 mod probe;
 
 pub use bundle::{CAPABILITIES, GUEST_ARGS, GUEST_PATH, write_bundle, write_bundle_with_args};
-pub use probe::{probe, probe_uncached, runsc_binary};
+pub use probe::{PlatformTry, probe, probe_uncached, runsc_binary, try_each};
 
 use std::path::Path;
 use std::process::{Command, Stdio};

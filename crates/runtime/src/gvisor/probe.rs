@@ -98,7 +98,9 @@ pub fn probe_uncached(runsc: &Path) -> Result<String, String> {
     r
 }
 
-fn try_all(runsc: &Path, work: &Path) -> Result<String, String> {
+/// Writes the probe's bundle (the host's `/bin/true` on a read-only `/`) under `work`:
+/// (bundle, state root).
+fn probe_bundle(work: &Path) -> Result<(PathBuf, PathBuf), String> {
     let bundle = work.join("bundle");
     let state = work.join("state");
     std::fs::create_dir_all(&bundle).map_err(|e| format!("{}: {e}", bundle.display()))?;
@@ -118,6 +120,42 @@ fn try_all(runsc: &Path, work: &Path) -> Result<String, String> {
     });
     std::fs::write(bundle.join("config.json"), config.to_string())
         .map_err(|e| format!("writing the probe bundle: {e}"))?;
+    Ok((bundle, state))
+}
+
+/// One platform tried: its name, and how long `/bin/true` took on it or why it failed.
+pub type PlatformTry = (&'static str, Result<Duration, String>);
+
+/// Every platform tried now, in the probe's order and with its time limits, for a report
+/// (`stockade doctor`): how long `/bin/true` took on each, or why it failed. Needs root.
+pub fn try_each(runsc: &Path) -> Result<Vec<PlatformTry>, String> {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("the gvisor level (and this check) needs root".into());
+    }
+    let work = std::env::temp_dir().join(format!(
+        "stockade-gvisor-probe-{}-{}",
+        std::process::id(),
+        crate::container::random_u64()
+    ));
+    let r = probe_bundle(&work).map(|(bundle, state)| {
+        PLATFORMS
+            .iter()
+            .enumerate()
+            .map(|(i, (platform, limit))| {
+                let id = format!("stockade-probe-{}-{i}", std::process::id());
+                let start = Instant::now();
+                let r = try_one(runsc, platform, &state, &bundle, &id, *limit);
+                (*platform, r.map(|()| start.elapsed()))
+            })
+            .collect()
+    });
+    let _ = std::fs::remove_dir_all(&work);
+    r
+}
+
+fn try_all(runsc: &Path, work: &Path) -> Result<String, String> {
+    let (bundle, state) = probe_bundle(work)?;
     let mut why = Vec::new();
     for (i, (platform, limit)) in PLATFORMS.iter().enumerate() {
         let id = format!("stockade-probe-{}-{i}", std::process::id());
