@@ -160,43 +160,10 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<(), String> {
     sys::drop_bounding_set().map_err(os("dropping the capability bounding set"))?;
     sys::setresgid(gid).map_err(os("setresgid"))?;
     sys::setresuid(uid).map_err(os("setresuid"))?;
-    capset_zero().map_err(os("clearing capabilities"))?;
+    sys::capset_zero().map_err(os("clearing capabilities"))?;
     sys::set_no_new_privs().map_err(os("no_new_privs"))?;
     sys::set_dumpable(false).map_err(os("making the agent non-dumpable"))?;
     Ok(())
-}
-
-/// Empties the effective, permitted and inheritable sets (capset, v3 layout).
-fn capset_zero() -> std::io::Result<()> {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let hdr = Header {
-        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-        pid: 0,
-    };
-    let data = [Data {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
-    // SAFETY: the header and the two-element data array (the v3 layout) live on this frame
-    // for the call; the kernel only reads them.
-    let r = unsafe { libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }
 
 /// Seccomp (Landlock does not exist in gVisor: recorded as not applicable). runsc 2022 refuses

@@ -251,6 +251,12 @@ pub fn clear_capabilities() -> io::Result<()> {
             0,
         )
     })?;
+    capset_zero()
+}
+
+/// Empties the effective, permitted and inheritable sets of this thread (capset, v3 layout),
+/// without touching the ambient set (for kernels that have none, e.g. gVisor's).
+pub fn capset_zero() -> io::Result<()> {
     #[repr(C)]
     struct Header {
         version: u32,
@@ -264,9 +270,9 @@ pub fn clear_capabilities() -> io::Result<()> {
         inheritable: u32,
     }
     let hdr = Header {
-        version: 0x2008_0522,
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
         pid: 0,
-    }; // _LINUX_CAPABILITY_VERSION_3
+    };
     let data = [Data {
         effective: 0,
         permitted: 0,
