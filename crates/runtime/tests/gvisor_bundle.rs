@@ -340,16 +340,16 @@ fn direct_agent_runs_the_command_under_runsc() {
     assert!(is_root(), "this test needs root (runsc run)");
     let runsc = gvisor::runsc_binary().expect("runsc is needed for this test");
     let platform = gvisor::probe().expect("no working runsc platform");
-    let exe = std::env::current_exe().unwrap();
-    let guest = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("stockade-guest");
+    // The static guest build scripts/setup-microvm makes (the one `stockade` itself uses).
+    let guest = std::env::var_os("STOCKADE_GUEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/x86_64-unknown-linux-gnu/release/stockade-guest")
+        });
     assert!(
         guest.is_file(),
-        "{} is missing: cargo build -p stockade-guest first",
+        "{} is missing: run scripts/setup-microvm (it builds the static guest) first",
         guest.display()
     );
     let tmp = tempfile::Builder::new()
