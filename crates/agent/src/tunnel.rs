@@ -35,7 +35,7 @@
 use crate::protocol::{AgentMsg, FsReply, MAX_FRAME};
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -98,6 +98,11 @@ enum Kind {
     Sink = 2,
     /// Both ways (host gets a socketpair end).
     Duplex = 3,
+    /// A regular file opened for writing: bytes flow host → guest, and the other way only its
+    /// outcome once the host's side ended: nothing (every byte written and the file closed) or
+    /// the 4-byte errno (big-endian) of the write or close that failed. The host gets a
+    /// socketpair end: shut down its write side, then read the outcome to EOF.
+    SinkFile = 4,
 }
 
 struct Stream {
@@ -118,6 +123,8 @@ struct Stream {
     file: bool,
     /// A socket: the write side ends with shutdown(SHUT_WR), not close.
     socket: bool,
+    /// Guest side of a [`Kind::SinkFile`]: report how the writing ended.
+    outcome: bool,
 }
 
 impl Stream {
@@ -142,7 +149,36 @@ impl Stream {
             to_grant: 0,
             file,
             socket,
+            outcome: false,
         }
+    }
+
+    /// Ends the local write side by closing the descriptor, with close's own error (a file
+    /// system may report a failed write only there).
+    fn close_checked(&mut self) -> Result<(), i32> {
+        self.writing = false;
+        self.out.clear();
+        let r = match self.fd.take() {
+            Some(fd) => {
+                let raw = fd.into_raw_fd();
+                // SAFETY: `raw` came from an OwnedFd released just above, so this close is
+                // its only one.
+                if unsafe { libc::close(raw) } == 0 {
+                    Ok(())
+                } else {
+                    match io::Error::last_os_error().raw_os_error() {
+                        // Linux closes the descriptor even then: nothing was lost.
+                        Some(libc::EINTR) => Ok(()),
+                        e => Err(e.unwrap_or(libc::EIO)),
+                    }
+                }
+            }
+            None => Ok(()),
+        };
+        if self.reading {
+            self.reading = false;
+        }
+        r
     }
 
     fn raw(&self) -> RawFd {
@@ -294,7 +330,8 @@ fn kind_of(fd: &OwnedFd) -> io::Result<Kind> {
     use rustix::fs::FileType as F;
     match t {
         F::Fifo | F::RegularFile if read_only => Ok(Kind::Source),
-        F::Fifo | F::RegularFile => Ok(Kind::Sink),
+        F::RegularFile => Ok(Kind::SinkFile),
+        F::Fifo => Ok(Kind::Sink),
         F::Socket | F::CharacterDevice => Ok(Kind::Duplex),
         _ => Err(bad("a descriptor of a kind the tunnel does not carry")),
     }
@@ -388,6 +425,8 @@ impl Tunnel {
     fn flush_stream(&mut self, id: u32) {
         let mut grant = 0;
         let mut closed = false;
+        // A SinkFile's outcome, once known: Ok, or the errno that ended it.
+        let mut outcome: Option<Result<(), i32>> = None;
         if let Some(s) = self.streams.get_mut(&id) {
             while s.writing && !s.out.is_empty() {
                 let (a, _) = s.out.as_slices();
@@ -398,20 +437,37 @@ impl Tunnel {
                     }
                     Err(e) if would_block(&e) && !s.file => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        s.end_write();
+                    Err(e) => {
+                        if s.outcome {
+                            outcome = Some(Err(e.raw_os_error().unwrap_or(libc::EIO)));
+                            let _ = s.close_checked();
+                        } else {
+                            s.end_write();
+                        }
                         closed = true;
                         break;
                     }
                 }
             }
             if s.writing && s.out.is_empty() && s.peer_eof {
-                s.end_write();
+                if s.outcome {
+                    outcome = Some(s.close_checked());
+                } else {
+                    s.end_write();
+                }
             }
             if s.to_grant >= WINDOW / 4 || (s.out.is_empty() && s.to_grant > 0) {
                 grant = s.to_grant;
                 s.to_grant = 0;
             }
+        }
+        match outcome {
+            Some(Ok(())) => self.send_msg(T_EOF, id, &[]),
+            Some(Err(errno)) => {
+                self.send_msg(T_DATA, id, &errno.to_be_bytes());
+                self.send_msg(T_EOF, id, &[]);
+            }
+            None => {}
         }
         if closed {
             self.send_msg(T_CLOSE, id, &[]);
@@ -492,10 +548,11 @@ impl Tunnel {
                 header.push(kind as u8);
                 let (reading, writing) = match kind {
                     Kind::Source => (true, false),
-                    Kind::Sink => (false, true),
+                    Kind::Sink | Kind::SinkFile => (false, true),
                     Kind::Duplex => (true, true),
                 };
-                let s = Stream::new(fd, reading, writing);
+                let mut s = Stream::new(fd, reading, writing);
+                s.outcome = kind == Kind::SinkFile;
                 if s.file {
                     // A regular file is read and written at once, in order (some kernels, gVisor
                     // among them, answer EAGAIN for a file opened O_NONBLOCK).
@@ -548,7 +605,7 @@ impl Tunnel {
                     let (r, w) = stockade_jail::sys::pipe_cloexec()?;
                     (r, w, true, false)
                 }
-                3 => {
+                3 | 4 => {
                     let (a, b) = UnixStream::pair()?;
                     (OwnedFd::from(a), OwnedFd::from(b), true, true)
                 }

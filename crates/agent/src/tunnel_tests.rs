@@ -197,15 +197,81 @@ fn an_upload_is_in_the_file_before_the_next_request_arrives() {
     let mut reader = FdFrameReader::new(p.sup_ctrl.try_clone().unwrap());
     let _: AgentMsg = reader.next_frame().unwrap().unwrap();
     let fd = reader.take_fd().unwrap();
-    let mut w = std::fs::File::from(fd);
+    // A file opened for writing crosses as a socket: the host shuts down its side, then reads
+    // the outcome, which is nothing (all written, the file closed) and EOF.
+    let mut w = UnixStream::from(fd);
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     w.write_all(&data).unwrap();
+    w.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut outcome = Vec::new();
+    w.read_to_end(&mut outcome).unwrap();
+    assert_eq!(outcome, b"", "nothing but EOF: written and closed");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        data,
+        "all there once the outcome is in"
+    );
     drop(w);
     write_frame(&mut &p.sup_ctrl, &SupervisorMsg::Stop).unwrap();
     let got: Option<SupervisorMsg> = crate::protocol::read_frame(&mut &p.agent_ctrl).unwrap();
     assert!(matches!(got, Some(SupervisorMsg::Stop)));
     // No waiting: the bytes written before Stop are in the file when Stop arrives.
     assert_eq!(std::fs::read(&path).unwrap(), data);
+    p.finish(true);
+}
+
+/// A write that fails inside comes back as its errno (4 bytes, big-endian) before EOF, instead
+/// of a broken pipe: here a procfs file that refuses what is written (EINVAL), with no effect.
+#[test]
+fn a_failed_write_inside_comes_back_as_its_errno() {
+    let p = start();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/timerslack_ns")
+        .unwrap();
+    let entry = Entry {
+        name: "timerslack_ns".into(),
+        path: "/proc/self/timerslack_ns".into(),
+        kind: EntryKind::File,
+        size: 0,
+        mode: 0o644,
+        mtime: 0,
+        mtime_nsec: 0,
+        symlink_target: None,
+        uid: 0,
+        gid: 0,
+    };
+    let opened = AgentMsg::FsDone {
+        id: 1,
+        reply: FsReply::Opened { entry },
+    };
+    write_frame_with_fds(&p.agent_ctrl, &opened, &[file.as_raw_fd()]).unwrap();
+    drop(file);
+    let mut reader = FdFrameReader::new(p.sup_ctrl.try_clone().unwrap());
+    let _: AgentMsg = reader.next_frame().unwrap().unwrap();
+    let mut w = UnixStream::from(reader.take_fd().unwrap());
+    // The write may succeed (buffered on the way) or fail once the guest has given up.
+    let _ = w.write_all(b"not a number\n");
+    let _ = w.shutdown(std::net::Shutdown::Write);
+    let mut outcome = [0u8; 8];
+    let mut n = 0;
+    loop {
+        match w.read(&mut outcome[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            // The guest's side closed with our bytes unread: the data came first.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("reading the outcome: {e}"),
+        }
+    }
+    assert_eq!(
+        &outcome[..n],
+        &libc::EINVAL.to_be_bytes(),
+        "the errno of the failed write"
+    );
+    write_frame(&mut &p.sup_ctrl, &SupervisorMsg::Stop).unwrap();
+    let got: Option<SupervisorMsg> = crate::protocol::read_frame(&mut &p.agent_ctrl).unwrap();
+    assert!(matches!(got, Some(SupervisorMsg::Stop)));
     p.finish(true);
 }
 

@@ -894,10 +894,12 @@ impl Session {
                 // a tunnel it is the host end of a pipe the tunnel made (the file stays inside).
                 let st = rustix::fs::fstat(&fd)
                     .map_err(|e| SessionError::Protocol(format!("fstat: {e}")))?;
-                let want = if self.inner.tunneled {
-                    rustix::fs::FileType::Fifo
-                } else {
-                    rustix::fs::FileType::RegularFile
+                // Written: a socket whose other direction brings the outcome (see
+                // `finish_write`); read: a pipe.
+                let want = match (self.inner.tunneled, write) {
+                    (false, _) => rustix::fs::FileType::RegularFile,
+                    (true, true) => rustix::fs::FileType::Socket,
+                    (true, false) => rustix::fs::FileType::Fifo,
                 };
                 if rustix::fs::FileType::from_raw_mode(st.st_mode) != want {
                     return Err(SessionError::Protocol(
@@ -922,6 +924,23 @@ impl Session {
     /// descriptor to write it through. Report the write with [`Session::record_file_written`].
     pub async fn open_write(&self, path: &str) -> Result<std::fs::File, SessionError> {
         self.open(path, true).await.map(|(_, f)| f)
+    }
+
+    /// Ends a write through a descriptor from [`Session::open_write`] and says whether every
+    /// byte reached the file: Ok, or [`SessionError::Fs`] with the errno the write (or close)
+    /// got inside (ENOSPC for a full disk). Call it after the last write, and also after a
+    /// write failed: above the container level the file is written behind a tunnel, where a
+    /// failure inside reaches this side only as a broken pipe, and this is where its real
+    /// errno comes from. At the container level the descriptor is the file itself and its
+    /// writes failed or succeeded already: it is just closed.
+    pub async fn finish_write(&self, file: std::fs::File) -> Result<(), SessionError> {
+        if !self.inner.tunneled {
+            drop(file);
+            return Ok(());
+        }
+        tokio::task::spawn_blocking(move || write_outcome(file))
+            .await
+            .map_err(|e| SessionError::Protocol(format!("waiting for the write's outcome: {e}")))?
     }
 
     /// Records a file written through the API (`file.changed`).
@@ -1370,3 +1389,65 @@ fn read_loop(
 mod exec;
 mod recover;
 pub use recover::recover;
+
+/// The other direction of a tunneled file written through the API (the tunnel's `SinkFile`):
+/// after this side shuts down its writing, the guest answers nothing (all written and closed)
+/// or the 4-byte big-endian errno of what failed, then ends. From inside, so checked: anything
+/// else is a protocol error, and no answer within 30 s is one too.
+fn write_outcome(file: std::fs::File) -> Result<(), SessionError> {
+    use std::io::Read;
+    let mut sock = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(file));
+    // The peer may be gone already (it ended after a failure): nothing to shut down then.
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| SessionError::Protocol(format!("the write's outcome: {e}")))?;
+    let mut got = [0u8; 8];
+    let mut n = 0;
+    loop {
+        if n == got.len() {
+            return Err(SessionError::Protocol(
+                "the write's outcome is longer than an errno".into(),
+            ));
+        }
+        match sock.read(&mut got[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // The guest's side closed with our last bytes unread (after a failure): what it
+            // sent before is all there is.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(SessionError::Protocol(
+                    "no outcome for a written file within 30 s".into(),
+                ));
+            }
+            Err(e) => return Err(SessionError::Protocol(format!("the write's outcome: {e}"))),
+        }
+    }
+    match n {
+        0 => Ok(()),
+        4 => {
+            let errno = i32::from_be_bytes([got[0], got[1], got[2], got[3]]);
+            if !(1..4096).contains(&errno) {
+                return Err(SessionError::Protocol(format!(
+                    "the write's outcome is not an errno ({errno})"
+                )));
+            }
+            Err(SessionError::Fs {
+                errno,
+                message: format!(
+                    "writing the file inside: {}",
+                    std::io::Error::from_raw_os_error(errno)
+                ),
+            })
+        }
+        _ => Err(SessionError::Protocol(
+            "the write's outcome is not an errno".into(),
+        )),
+    }
+}

@@ -368,7 +368,15 @@ async fn write_file<S: Stream<Item = std::io::Result<Bytes>>>(
         .map_err(|e| session_fail(path, e))?;
     let mut file = tokio::fs::File::from_std(file);
     let result = copy_body(path, &mut file, body, gzip).await;
-    drop(file);
+    // Every byte is in the file, or the error from inside says why not (above the container
+    // level a full disk inside reaches this side as a broken pipe; its ENOSPC comes from here).
+    let finished = sb.session.finish_write(file.into_std().await).await;
+    let result = match (result, finished) {
+        (Ok(size), Ok(())) => Ok(size),
+        (_, Err(e @ SessionError::Fs { .. })) => Err(session_fail(path, e)),
+        (Err(f), _) => Err(f),
+        (Ok(_), Err(e)) => Err(session_fail(path, e)),
+    };
     let result = match result {
         Ok(size) if existed => match sb
             .session

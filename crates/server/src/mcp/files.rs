@@ -130,14 +130,21 @@ pub async fn write(s: &Session, path: &str, bytes: &[u8], record: bool) -> Resul
         f.flush().await
     }
     .await;
-    drop(f);
-    if let Err(e) = written {
-        let _ = s.fs(FsOp::Remove { path: tmp }).await;
-        let errno = e.raw_os_error().unwrap_or(libc::EIO);
-        return Err(err(SessionError::Fs {
-            errno,
+    // Every byte is in the file, or the error from inside says why not (above the container
+    // level a full disk inside reaches this side as a broken pipe; its ENOSPC comes from here).
+    let finished = s.finish_write(f.into_std().await).await;
+    let failed = match (written, finished) {
+        (Ok(()), Ok(())) => None,
+        (_, Err(e @ SessionError::Fs { .. })) => Some(e),
+        (Err(e), _) => Some(SessionError::Fs {
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
             message: e.to_string(),
-        }));
+        }),
+        (Ok(()), Err(e)) => Some(e),
+    };
+    if let Some(e) = failed {
+        let _ = s.fs(FsOp::Remove { path: tmp }).await;
+        return Err(err(e));
     }
     match s
         .fs(FsOp::Move {

@@ -214,7 +214,15 @@ pub async fn upload(
         Ok(())
     }
     .await;
-    drop(f);
+    // Every byte is in the file (or the error from inside says why not: above the container
+    // level a full disk inside reaches this side as a broken pipe, and its ENOSPC from here).
+    let finished = sb.session.finish_write(f.into_std().await).await;
+    let copied = match (copied, finished) {
+        (Ok(()), Ok(())) => Ok(()),
+        (_, Err(e @ SessionError::Fs { .. })) => Err(e.into()),
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(e)) => Err(e.into()),
+    };
     let moved = match copied {
         Ok(()) => {
             sb.session
