@@ -71,6 +71,15 @@ fn run_inner(rx: OwnedFd, tx: OwnedFd, sub: &str, allow_weaker: bool) -> io::Res
     let child = cmd.spawn()?;
     let child_pid = child.id() as libc::pid_t;
     drop(theirs);
+    if sub == "__direct" {
+        // gVisor: this process is the container's init, root with the bundle's capabilities,
+        // for the whole life of the sandbox. It needs only CAP_KILL (its kill(-1) at the end
+        // must reach the sandbox user's processes): everything else goes before the tunnel
+        // thread exists (capabilities are per thread; new threads inherit these).
+        const CAP_KILL: u64 = 1 << 5; // capability.h: CAP_KILL = 5
+        stockade_jail::sys::drop_bounding_set_except(CAP_KILL)?;
+        stockade_jail::sys::capset_only(CAP_KILL)?;
+    }
     let fixed = vec![
         (tunnel::PLAN, plan_w, Way::Recv),
         (tunnel::LIVENESS, live_w, Way::Recv),

@@ -225,7 +225,16 @@ pub fn loopback_up() -> io::Result<()> {
 
 /// Drops every capability from the bounding set (needs CAP_SETPCAP in the current user namespace).
 pub fn drop_bounding_set() -> io::Result<()> {
+    drop_bounding_set_except(0)
+}
+
+/// Drops every capability but those in the mask `keep` (bit n = capability n) from the
+/// bounding set (needs CAP_SETPCAP).
+pub fn drop_bounding_set_except(keep: u64) -> io::Result<()> {
     for cap in 0..64 {
+        if keep & (1u64 << cap) != 0 {
+            continue;
+        }
         // SAFETY: prctl(PR_CAPBSET_DROP, cap) takes integers only.
         let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
         if r < 0 {
@@ -257,6 +266,12 @@ pub fn clear_capabilities() -> io::Result<()> {
 /// Empties the effective, permitted and inheritable sets of this thread (capset, v3 layout),
 /// without touching the ambient set (for kernels that have none, e.g. gVisor's).
 pub fn capset_zero() -> io::Result<()> {
+    capset_only(0)
+}
+
+/// Sets the effective and permitted sets of this thread to the mask `keep` (bit n =
+/// capability n; it can only shrink them) and empties the inheritable set (capset, v3 layout).
+pub fn capset_only(keep: u64) -> io::Result<()> {
     #[repr(C)]
     struct Header {
         version: u32,
@@ -273,11 +288,12 @@ pub fn capset_zero() -> io::Result<()> {
         version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
         pid: 0,
     };
-    let data = [Data {
-        effective: 0,
-        permitted: 0,
+    let half = |w: u64| Data {
+        effective: w as u32,
+        permitted: w as u32,
         inheritable: 0,
-    }; 2];
+    };
+    let data = [half(keep & 0xffff_ffff), half(keep >> 32)];
     // SAFETY: header and the two-element data array (the v3 layout) live on this frame for the call.
     check(unsafe { libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) })
         .map(drop)

@@ -25,13 +25,16 @@ pub const GUEST_PATH: &str = "/.stockade/stockade-guest";
 /// The container init's argv (the guest shim's gVisor entry).
 pub const GUEST_ARGS: [&str; 3] = [GUEST_PATH, "__guest", "gvisor"];
 /// Capabilities the agent needs before it drops to the sandbox user: its ids and groups, the
-/// bounding set, the DNS (53) and per-name (80/443) ports of the egress bridge. (runsc brings
-/// loopback up itself; the hostname is set from the bundle.)
-pub const CAPABILITIES: [&str; 4] = [
+/// bounding set, the DNS (53) and per-name (80/443) ports of the egress bridge; and CAP_KILL,
+/// the only one the guest shim (the init, root) keeps after starting the agent, so that its
+/// kill(-1) at the end reaches the sandbox user's processes. (runsc brings loopback up itself;
+/// the hostname is set from the bundle.)
+pub const CAPABILITIES: [&str; 5] = [
     "CAP_SETUID",
     "CAP_SETGID",
     "CAP_SETPCAP",
     "CAP_NET_BIND_SERVICE",
+    "CAP_KILL",
 ];
 
 /// One OCI mount, in the order runsc applies them.
