@@ -194,8 +194,9 @@ done()
 const PROC_LINKS: &str = r#"
 canary, which = sys.argv[1], sys.argv[2]
 up = "../" * (os.getcwd().count("/") + 3)
-pids = sorted(d for d in os.listdir("/proc") if d.isdigit())
+pids = sorted((d for d in os.listdir("/proc") if d.isdigit()), key=int)
 R["pids"] = [int(p) for p in pids]
+R["self"] = os.getpid()
 targets = pids + ["self", "thread-self"] if which == "all" else which.split(",")
 def probe(key, base):
     t(key + ":root", lambda: os.readlink(base + "/root"))
@@ -224,18 +225,46 @@ fn proc_root_and_cwd_links_of_every_visible_pid_lead_nowhere() {
         .with_canaries(&c)
         .python(PROC_LINKS, &[c.file_str(), "all"]);
     run.expect_exit(0);
-    // Only the agent (1) and the probe (2) exist in the sandbox's PID namespace.
-    assert_eq!(run.get("pids"), json!([1, 2]), "{}", run.result());
+    // Only stockade's own processes and the probe exist in the sandbox's PID namespace:
+    // container, the agent (1) and the probe (2); gvisor, the shim (1), the agent (2) and the
+    // probe (see support.rs `stockade_pids`).
+    let me = run.get("self").as_u64().unwrap();
+    let mut visible: Vec<u64> = stockade_pids().iter().map(|(p, _)| *p as u64).collect();
+    visible.push(me);
+    assert_eq!(run.get("pids"), json!(visible), "{}", run.result());
     let ws = run.ws.path().to_str().unwrap();
-    // PID 1, the agent, is non-dumpable: every link of it and of its thread is refused.
-    for key in ["1", "1/task/1"] {
-        for link in ["root", "cwd", "root/canary", "cwd/canary", "root/ls"] {
-            run.expect(&format!("{key}:{link}"), err(EACCES));
+    // Stockade's processes are non-dumpable: every link of each of them and of each of its
+    // threads is refused (gvisor: gVisor applies the ptrace access check to root and cwd).
+    let keys: Vec<String> = run.result().as_object().unwrap().keys().cloned().collect();
+    for (pid, _) in stockade_pids() {
+        let mut of_pid = vec![pid.to_string()];
+        of_pid.extend(
+            keys.iter()
+                .filter_map(|k| k.strip_suffix(":root"))
+                .filter(|k| k.starts_with(&format!("{pid}/task/")))
+                .map(str::to_string),
+        );
+        assert!(
+            of_pid.contains(&format!("{pid}/task/{pid}")),
+            "pid {pid}'s threads were not listed: {}",
+            run.result()
+        );
+        for key in &of_pid {
+            for link in ["root", "cwd", "root/canary", "cwd/canary", "root/ls"] {
+                run.expect(&format!("{key}:{link}"), err(EACCES));
+            }
         }
     }
     // The probe's own links point at the sandbox's root and the workspace; the secret is not
     // under either.
-    for key in ["2", "self", "thread-self", "2/task/2", "self/task/2"] {
+    let own = [
+        me.to_string(),
+        "self".to_string(),
+        "thread-self".to_string(),
+        format!("{me}/task/{me}"),
+        format!("self/task/{me}"),
+    ];
+    for key in &own {
         run.expect(&format!("{key}:root"), ok("/"))
             .expect(&format!("{key}:cwd"), ok(ws))
             .expect(&format!("{key}:root/canary"), err(ENOENT))
@@ -275,8 +304,9 @@ fn proc_root_and_cwd_links_of_every_visible_pid_lead_nowhere() {
     let control = Sandbox::new("proc links control")
         .flags(&["--mount", &dir])
         .python(PROC_LINKS, &[c.file_str(), "all"]);
+    let me = control.get("self");
     control
-        .expect("2:root/canary", ok(c.file_secret.as_str()))
+        .expect(&format!("{me}:root/canary"), ok(c.file_secret.as_str()))
         .expect("self:root/canary", ok(c.file_secret.as_str()))
         .expect("thread-self:root/canary", ok(c.file_secret.as_str()));
 }
@@ -300,6 +330,15 @@ def flink():
 t("link:empty_path", flink)
 write("own.txt", "own")
 t("link:own", lambda: os.link("own.txt", "l-own"))
+# Control for AT_EMPTY_PATH: the same call on a file of the workspace, into the workspace.
+def flink_own():
+    ofd = os.open("own.txt", os.O_RDONLY)
+    ctypes.set_errno(0)
+    r = libc.linkat(ofd, b"", AT_FDCWD, b"l-flink-own", AT_EMPTY_PATH)
+    os.close(ofd)
+    if r < 0:
+        raise OSError(ctypes.get_errno(), "linkat")
+t("link:empty_path:own", flink_own)
 t("planted", lambda: [os.stat("planted").st_nlink, read("planted")])
 done()
 "#;
@@ -339,7 +378,14 @@ fn hard_links_cannot_reach_the_secret() {
         .expect("link:usr", err(EXDEV))
         .expect("link:etc", err(EXDEV))
         .expect("link:procfd", err(EXDEV))
-        .expect("link:empty_path", err(EXDEV))
+        // gvisor: gVisor refuses linkat(AT_EMPTY_PATH) without CAP_DAC_READ_SEARCH, with
+        // ENOENT before looking at the target (as Linux did before 6.10): the control below, a
+        // workspace file linked into the workspace the same way, gets the same ENOENT there.
+        .expect("link:empty_path", err(per_level(EXDEV, ENOENT, EXDEV)))
+        .expect(
+            "link:empty_path:own",
+            per_level(ok(Value::Null), err(ENOENT), ok(Value::Null)),
+        )
         // Control inside: hard links within the workspace work.
         .expect("link:own", ok(Value::Null))
         .expect("planted", ok(json!([2, decoy_text])));
@@ -405,8 +451,30 @@ def open_fds():
             pass
     return out
 t("open_fds", open_fds)
-t("pid1_fds", lambda: os.listdir("/proc/1/fd"))
 if attack:
+    # Stockade's own pids (argv[3]): can their descriptors be listed, or used to reach the
+    # secret (read through each, and through each as a directory)?
+    for p in sys.argv[3].split(","):
+        t("pid%s_fds" % p, lambda: sorted(os.listdir("/proc/%s/fd" % p), key=int))
+        def through():
+            out = {}
+            for fd in os.listdir("/proc/%s/fd" % p):
+                q, r = "/proc/%s/fd/%s" % (p, fd), []
+                for path in (q, q + "/" + name):
+                    try:
+                        x = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+                    except OSError as e:
+                        r.append(e.errno)
+                        continue
+                    try:
+                        r.append(os.read(x, 4096).decode(errors="replace"))
+                    except OSError as e:
+                        r.append("opened, then errno %d" % e.errno)
+                    finally:
+                        os.close(x)
+                out[fd] = r
+            return out
+        t("pid%s_through" % p, through)
     # The bind itself: mount --bind of the leaked directory, and open_tree of it.
     nr = {"x86_64": (165, 428), "aarch64": (40, 428)}[os.uname().machine]
     os.mkdir("bound")
@@ -454,12 +522,14 @@ fn a_leaked_descriptor_of_the_secret_is_closed_before_the_command_runs() {
     };
     let name = c.file.file_name().unwrap().to_str().unwrap();
     let [a, b, f] = fds();
+    let own: Vec<String> = stockade_pids().iter().map(|(p, _)| p.to_string()).collect();
+    let own = own.join(",");
     let run = Sandbox::new("leaked fd")
         .with_canaries(&c)
         .leak_fd(a)
         .leak_fd(b)
         .leak_fd(f)
-        .python(LEAKED_FD, &[name, "attack"]);
+        .python(LEAKED_FD, &[name, "attack", &own]);
     run.expect_exit(0);
     for fd in [10, 11, 12] {
         run.expect(&format!("fstat:{fd}"), err(EBADF))
@@ -471,10 +541,39 @@ fn a_leaked_descriptor_of_the_secret_is_closed_before_the_command_runs() {
         .expect("read:12", err(EBADF))
         .expect("fds", ok(json!([0, 1, 2, 3])))
         .expect("open_fds", ok(json!([])))
-        // PID 1 is non-dumpable: its descriptors cannot be listed.
-        .expect("pid1_fds", err(EACCES))
         .expect("mount", json!([-1, EPERM]))
         .expect("open_tree", json!([-1, EPERM]));
+    for (pid, _) in stockade_pids() {
+        if level() == Level::Gvisor {
+            // LIMITATION (gvisor), not a wall: gVisor's /proc lists the descriptors of the shim
+            // and the agent (see environment.rs, the agent's case). None of them is a leaked
+            // one or leads anywhere: each open, of the descriptor and of the secret's name
+            // under it, is refused, or (the shim's stderr, the host's backend log held
+            // write-only) opens and reads nothing (EBADF).
+            assert_eq!(
+                run.get(&format!("pid{pid}_fds"))[0],
+                "ok",
+                "{}",
+                run.result()
+            );
+            let through = run.get(&format!("pid{pid}_through"));
+            let through = through[1].as_object().unwrap();
+            assert!(!through.is_empty(), "pid {pid}: {}", run.result());
+            for (fd, r) in through {
+                for x in r.as_array().unwrap() {
+                    assert!(
+                        x.is_i64() || x == "opened, then errno 9",
+                        "pid {pid} fd {fd}: {r} ({})",
+                        run.result()
+                    );
+                }
+            }
+        } else {
+            // Stockade's PID 1 is non-dumpable: its descriptors cannot be listed.
+            run.expect(&format!("pid{pid}_fds"), err(EACCES))
+                .expect(&format!("pid{pid}_through"), err(EACCES));
+        }
+    }
     c.assert_nothing_got_through(&run);
     run.expect_syscall_violation("mount");
     run.expect_syscall_violation("open_tree");
@@ -596,13 +695,22 @@ fn open_by_handle_at_is_refused_by_seccomp_and_then_by_the_capability_check() {
 
     // Control: seccomp lifted. name_to_handle_at now works (so the probe's call is right);
     // open_by_handle_at is still EPERM, from the capability check, and nothing is audited.
+    // gvisor: gVisor 2022 implements neither call (EOPNOTSUPP for both, for a workspace file
+    // too), so the filter's EPERM above is the only refusal there and there is no second wall
+    // to show — nor any file handle to forge.
     let off = Sandbox::new("open_by_handle_at seccomp off")
         .with_canaries(&c)
         .flags(&["--seccomp", "off", "--allow-weaker-isolation"])
         .python(HANDLES, &[&ty_s, &hex, "sandbox"]);
     off.expect_exit(0)
-        .expect("name_to_handle_at", json!([0, 0]))
-        .expect("open_by_handle_at", json!([-1, EPERM]));
+        .expect(
+            "name_to_handle_at",
+            per_level(json!([0, 0]), json!([-1, EOPNOTSUPP]), json!([0, 0])),
+        )
+        .expect(
+            "open_by_handle_at",
+            json!([-1, per_level(EPERM, EOPNOTSUPP, EPERM)]),
+        );
     c.assert_nothing_got_through(&off);
     assert!(
         off.of_type("violation").is_empty(),
@@ -626,6 +734,19 @@ t("chmod:exe", lambda: os.chmod(exe, 0o777))
 t("truncate:/etc/passwd", lambda: os.truncate("/etc/passwd", 0))
 t("utime:/etc/passwd", lambda: os.utime("/etc/passwd", (0, 0)))
 t("symlink:/", lambda: os.symlink("/tmp", "/" + n + "-link"))
+# Whether each directory written to above is on a read-only mount: the options of the mount it
+# is on (the topmost of the longest mount point above it) in /proc/self/mounts. (Not statvfs:
+# gVisor's does not report ST_RDONLY.)
+mounts = [l.split() for l in read("/proc/self/mounts").splitlines()]
+def mount_ro(d):
+    d, best = os.path.realpath(d), None
+    for m in mounts:
+        if d == m[1] or d.startswith(m[1].rstrip("/") + "/"):
+            if best is None or len(m[1]) >= len(best[1]):
+                best = m
+    return "ro" in best[3].split(",")
+for d in ["/", "/usr", "/usr/bin", "/etc", "/var", "/run", "/home", os.path.dirname(exe)]:
+    t("ro:" + d, lambda: mount_ro(d))
 done()
 "#;
 
@@ -670,21 +791,35 @@ fn writes_outside_the_workspace_fail_and_leave_the_host_untouched() {
 
     let check = |run: &Run| {
         run.expect_exit(0);
+        // gvisor: gVisor checks the caller's permission before the read-only mount for writes,
+        // unlink (EACCES: root's files and directories), chmod and utime (EPERM: not the
+        // owner); mkdir, rename and symlink meet the mount first (EROFS). That the mount is
+        // read-only at every level is checked directly below (/proc/self/mounts), so the answer that
+        // comes first is not the only wall.
         for p in &refused {
-            run.expect(&format!("w:{p}"), err(EROFS));
+            run.expect(&format!("w:{p}"), err(per_level(EROFS, EACCES, EROFS)));
         }
         for p in &own {
             run.expect(&format!("w:{p}"), ok(7));
         }
         run.expect(&format!("w:{missing}"), err(ENOENT))
             .expect("mkdir:/usr", err(EROFS))
-            .expect("unlink:/etc/hostname", err(EROFS))
+            .expect("unlink:/etc/hostname", err(per_level(EROFS, EACCES, EROFS)))
             .expect("rename:/etc/hosts", err(EROFS))
-            .expect("chmod:exe", err(EROFS))
+            .expect("chmod:exe", err(per_level(EROFS, EPERM, EROFS)))
             // truncate checks write permission before the mount: /etc/passwd is root's.
             .expect("truncate:/etc/passwd", err(EACCES))
-            .expect("utime:/etc/passwd", err(EROFS))
+            .expect("utime:/etc/passwd", err(per_level(EROFS, EPERM, EROFS)))
             .expect("symlink:/", err(EROFS));
+        for d in ["/", "/usr", "/usr/bin", "/etc", "/var", "/run", "/home"] {
+            run.expect(&format!("ro:{d}"), ok(true));
+        }
+        // ...and the python executable's own directory (chmod above).
+        for (k, v) in run.result().as_object().unwrap() {
+            if k.starts_with("ro:") {
+                assert_eq!(v, &ok(true), "{}: {k} is not a read-only mount", run.label);
+            }
+        }
         c.assert_nothing_got_through(run);
         for p in refused.iter().chain(&own).chain([&missing]) {
             if p.starts_with("/etc/passwd") || p.starts_with("/etc/hosts") {
@@ -1038,7 +1173,10 @@ done()
 }
 
 /// A symlinked .git/hooks or .git/config is refused before anything runs: protecting the link
-/// could leave the real target writable. stockade exits 125 and the trail says why.
+/// could leave the real target writable. stockade exits 125 and the trail says why. Three
+/// links: hooks to the secret's directory, config to the secret, and hooks to a directory of
+/// the workspace itself (`../real-hooks`), where the danger is plain: unprotected, the sandbox
+/// plants a hook there that git on the host runs (the control shows it landing).
 #[test]
 fn a_symlinked_git_hooks_or_config_is_refused() {
     if outside_subset("filesystem::a_symlinked_git_hooks_or_config_is_refused") {
@@ -1047,7 +1185,12 @@ fn a_symlinked_git_hooks_or_config_is_refused() {
     require_root("escape suite");
     let c = Canaries::plant();
     let dir = c.file.parent().unwrap().to_path_buf();
-    for (what, target) in [("hooks", dir.clone()), ("config", c.file.clone())] {
+    let in_ws = Path::new("../real-hooks").to_path_buf();
+    for (what, target) in [
+        ("hooks", in_ws.clone()),
+        ("hooks", dir.clone()),
+        ("config", c.file.clone()),
+    ] {
         let ws = git_workspace();
         let p = ws.path().join(".git").join(what);
         if p.is_dir() {
@@ -1056,9 +1199,23 @@ fn a_symlinked_git_hooks_or_config_is_refused() {
             std::fs::remove_file(&p).unwrap();
         }
         std::os::unix::fs::symlink(&target, &p).unwrap();
+        let inside = target == in_ws;
+        if inside {
+            std::fs::create_dir(ws.path().join("real-hooks")).unwrap();
+        }
+        let what_l = if inside {
+            "hooks -> ../real-hooks"
+        } else {
+            what
+        };
+        let plant = if what == "hooks" {
+            "write('.git/hooks/pre-commit', '#!/bin/sh\\necho planted\\n')"
+        } else {
+            "write('.git/config', '[core]\\n\\tfsmonitor = planted\\n')"
+        };
         let probe = format!(
             "{PRELUDE}\nwrite('ran', 'ran')\nt('through', lambda: read('.git/{what}' + \
-             ('/{}' if '{what}' == 'hooks' else '')))\ndone()\n",
+             ('/{}' if '{what}' == 'hooks' else '')))\nt('plant', lambda: {plant})\ndone()\n",
             c.file.file_name().unwrap().to_str().unwrap()
         );
         let state = tempfile::Builder::new()
@@ -1080,8 +1237,14 @@ fn a_symlinked_git_hooks_or_config_is_refused() {
                 .output()
                 .unwrap()
         };
+        let what = what_l;
         let out = run(&[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
+        let hook = ws.path().join("real-hooks/pre-commit");
+        assert!(
+            !hook.exists(),
+            "{what}: the sandbox planted a hook in the link's target, which git on the host runs"
+        );
         assert_eq!(out.status.code(), Some(125), "{what}: {stderr}");
         assert!(
             stderr.contains("refusing to protect") && stderr.contains("it is a symlink"),
@@ -1104,8 +1267,9 @@ fn a_symlinked_git_hooks_or_config_is_refused() {
         );
         assert!(!text.contains(&c.file_secret) && !text.contains(&c.env_secret));
 
-        // Control: with --no-protect-git the run proceeds, and the link still leads nowhere
-        // inside (its target is outside the sandbox).
+        // Control: with --no-protect-git the run proceeds. A link out of the workspace still
+        // leads nowhere inside (its target is outside the sandbox); the link into the workspace
+        // takes the planted hook, which lands on the host.
         let out = run(&["--no-protect-git"]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{what} control: {out:?}");
@@ -1115,6 +1279,16 @@ fn a_symlinked_git_hooks_or_config_is_refused() {
         );
         let r: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
         assert_eq!(r["through"], err(ENOENT), "{what} control: {r}");
+        if inside {
+            assert_eq!(r["plant"][0], "ok", "{what} control: {r}");
+            assert_eq!(
+                std::fs::read_to_string(&hook).unwrap(),
+                "#!/bin/sh\necho planted\n",
+                "{what} control: the hook did not land"
+            );
+        } else {
+            assert_eq!(r["plant"], err(ENOENT), "{what} control: {r}");
+        }
     }
 }
 
@@ -1148,8 +1322,32 @@ for p in sys.argv[1:]:
     t("wo:" + p, lambda: os.close(os.open(p, os.O_WRONLY)))
 t("stat:/sys", lambda: os.stat("/sys").st_mode)
 t("mkdir:/sys", lambda: os.mkdir("/sys"))
+t("ls:/sys/class/net", lambda: sorted(os.listdir("/sys/class/net")))
+t("ls:/sys/fs/cgroup", lambda: sorted(os.listdir("/sys/fs/cgroup")))
 done()
 "#;
+
+/// gvisor: what gVisor's own /proc/sys (runsc 2022, emulated: none of it is the host's) answers
+/// for `p`: (truncating write, plain O_WRONLY open). Of the sysctls above it has only
+/// kernel/hostname (root's, 0644: EACCES); for the others the open finds nothing (ENOENT) and
+/// O_CREAT is refused in root's directory (EACCES) — ENOENT for both where the directory itself
+/// is missing (/proc/sys/fs).
+fn gvisor_sysctl(p: &str) -> (i64, i64) {
+    match p {
+        "/proc/sys/kernel/hostname" => (EACCES, EACCES),
+        "/proc/sys/fs/suid_dumpable" => (ENOENT, ENOENT),
+        _ => (EACCES, ENOENT),
+    }
+}
+
+/// gvisor: the same for gVisor's own sysfs (emulated): /sys/fs/cgroup and /sys/class/net exist
+/// (root's directories: EACCES for both), the others do not (EACCES, ENOENT as above).
+fn gvisor_sys(p: &str) -> (i64, i64) {
+    match p {
+        "/sys/fs/cgroup" | "/sys/class/net" => (EACCES, EACCES),
+        _ => (EACCES, ENOENT),
+    }
+}
 
 /// /proc/sys is a read-only mount: a truncating write fails there first (EROFS, checked before
 /// permissions); a plain write-open fails the permission check (EACCES: the sandbox user is not
@@ -1170,7 +1368,13 @@ fn proc_sys_and_sys_cannot_be_written() {
     run.expect_exit(0);
     let mut checked = 0;
     for p in SYSCTLS {
-        if Path::new(p).exists() {
+        if level() == Level::Gvisor {
+            // gVisor's own /proc/sys: the host's sysctls are not there to write at all.
+            let (w, wo) = gvisor_sysctl(p);
+            run.expect(&format!("w:{p}"), err(w))
+                .expect(&format!("wo:{p}"), err(wo));
+            checked += 1;
+        } else if Path::new(p).exists() {
             checked += 1;
             run.expect(&format!("w:{p}"), err(EROFS))
                 .expect(&format!("wo:{p}"), err(EACCES));
@@ -1182,11 +1386,26 @@ fn proc_sys_and_sys_cannot_be_written() {
     }
     assert!(checked >= 7, "too few sysctls exist on this host to check");
     for p in SYS_PATHS {
-        run.expect(&format!("w:{p}"), err(ENOENT))
-            .expect(&format!("wo:{p}"), err(ENOENT));
+        let (w, wo) = per_level((ENOENT, ENOENT), gvisor_sys(p), (ENOENT, ENOENT));
+        run.expect(&format!("w:{p}"), err(w))
+            .expect(&format!("wo:{p}"), err(wo));
     }
-    run.expect("stat:/sys", err(ENOENT))
-        .expect("mkdir:/sys", err(EROFS));
+    match level() {
+        Level::Container | Level::Microvm => {
+            run.expect("stat:/sys", err(ENOENT))
+                .expect("mkdir:/sys", err(EROFS))
+                .expect("ls:/sys/class/net", err(ENOENT))
+                .expect("ls:/sys/fs/cgroup", err(ENOENT));
+        }
+        Level::Gvisor => {
+            // runsc mounts gVisor's own sysfs at /sys (emulated, nothing of the host's): a
+            // root directory, only the sandbox's `lo` under class/net, no cgroup mounted.
+            run.expect("stat:/sys", ok(libc::S_IFDIR | 0o755))
+                .expect("mkdir:/sys", err(EEXIST))
+                .expect("ls:/sys/class/net", ok(json!(["lo"])))
+                .expect("ls:/sys/fs/cgroup", ok(json!([])));
+        }
+    }
     c.assert_nothing_got_through(&run);
     assert_eq!(
         std::fs::read("/proc/sys/kernel/core_pattern").unwrap(),
@@ -1236,8 +1455,24 @@ t("mknod:shm:chr", lambda: os.mknod("/dev/shm/mem", 0o20600, mem))
 t("mknod:dev:chr", lambda: os.mknod("/dev/mem", 0o20600, mem))
 # Control inside: mknod itself is permitted (a FIFO needs no privilege).
 t("mknod:tmp:fifo", lambda: os.mknod("/tmp/fifo", 0o10600))
+# What a node made above would give (ENOENT where none was made).
+for k, p in [("tmp:chr", "/tmp/mem"), ("tmp:blk", "/tmp/disk"), ("shm:chr", "/dev/shm/mem")]:
+    t("open:" + k, lambda: os.close(os.open(p, os.O_RDONLY)))
+# gVisor's tun device (where there is one): an interface needs CAP_NET_ADMIN.
+def tunsetiff():
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    try:
+        import fcntl
+        return fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH22x", b"esc0", 0x0001 | 0x1000)) and "created"
+    finally:
+        os.close(fd)
+t("tunsetiff", tunsetiff)
 done()
 "#;
+
+/// gvisor: the nodes runsc's own /dev adds (gVisor's emulations, not host nodes): `fuse` (a
+/// char device, 0666) and `net` (holding gVisor's `tun`).
+const GVISOR_DEV_EXTRA: &[&str] = &["fuse", "net"];
 
 /// The minimal /dev inside, exactly.
 const DEV_INSIDE: &[&str] = &[
@@ -1283,22 +1518,52 @@ fn dev_has_only_the_minimal_nodes_and_device_nodes_cannot_be_made() {
         // gVisor's own devtmpfs adds fuse and net/tun: gVisor's emulations, not host nodes
         // (mounting fuse and opening tun need capabilities the sandbox user lacks).
         let mut want: Vec<&str> = DEV_INSIDE.to_vec();
-        if level() == Level::Gvisor {
-            want.extend(["fuse", "net"]);
+        let gvisor = level() == Level::Gvisor;
+        if gvisor {
+            want.extend(GVISOR_DEV_EXTRA);
             want.sort();
         }
         assert_eq!(run.get("dev"), json!(want), "{}", run.label);
         for n in &names {
+            if gvisor && GVISOR_DEV_EXTRA.contains(&n.as_str()) {
+                continue; // checked below: gVisor's, not the host's
+            }
             run.expect(&format!("stat:{n}"), err(ENOENT));
         }
+        if gvisor {
+            let chr = (libc::S_IFCHR | 0o666) as i64;
+            let dir = (libc::S_IFDIR | 0o755) as i64;
+            if names.iter().any(|n| n == "fuse") {
+                run.expect("stat:fuse", ok(chr));
+            }
+            if names.iter().any(|n| n == "net") {
+                run.expect("stat:net", ok(dir));
+            }
+        }
         run.expect("open:kmsg", err(ENOENT))
-            .expect("mknod:tmp:chr", err(EPERM))
-            .expect("mknod:tmp:blk", err(EPERM))
+            // gvisor: gVisor's tun opens, but making an interface needs CAP_NET_ADMIN (EPERM).
+            .expect("tunsetiff", err(per_level(ENOENT, EPERM, ENOENT)))
             .expect("mknod:ws:chr", err(EPERM))
-            .expect("mknod:shm:chr", err(EPERM))
-            // /dev is a read-only tmpfs: refused before the capability check.
-            .expect("mknod:dev:chr", err(EROFS))
+            // container: /dev is a read-only tmpfs: refused before the capability check.
+            // gvisor: runsc's /dev is a tmpfs of root's (0755), writable only by root (the shim):
+            // the sandbox user gets EACCES.
+            .expect("mknod:dev:chr", err(per_level(EROFS, EACCES, EROFS)))
             .expect("mknod:tmp:fifo", ok(Value::Null));
+        for k in ["tmp:chr", "tmp:blk", "shm:chr"] {
+            if gvisor {
+                // LIMITATION (gvisor), not a wall: gVisor lets the sandbox user make device
+                // nodes in its own tmpfs (/tmp, HOME, /dev/shm; not in the workspace, whose
+                // gofer refuses: EPERM above). They are gVisor's nodes, not the host's: opening
+                // one finds the device in gVisor's own table, which has no /dev/mem (1:1) and no
+                // disk (254:0): ENXIO. Only the devices gVisor emulates (null, zero, full,
+                // random, urandom, tty, ptmx, pts, fuse, tun — all already in its /dev) open.
+                run.expect(&format!("mknod:{k}"), ok(Value::Null))
+                    .expect(&format!("open:{k}"), err(ENXIO));
+            } else {
+                run.expect(&format!("mknod:{k}"), err(EPERM))
+                    .expect(&format!("open:{k}"), err(ENOENT));
+            }
+        }
         c.assert_nothing_got_through(run);
         assert!(
             !run.of_type("violation")

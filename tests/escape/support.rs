@@ -32,6 +32,10 @@ pub const EBADF: i64 = libc::EBADF as i64;
 pub const ENETUNREACH: i64 = libc::ENETUNREACH as i64;
 pub const ECONNREFUSED: i64 = libc::ECONNREFUSED as i64;
 pub const EAFNOSUPPORT: i64 = libc::EAFNOSUPPORT as i64;
+pub const EPROTONOSUPPORT: i64 = libc::EPROTONOSUPPORT as i64;
+pub const EOPNOTSUPP: i64 = libc::EOPNOTSUPP as i64;
+pub const ENXIO: i64 = libc::ENXIO as i64;
+pub const ESRCH: i64 = libc::ESRCH as i64;
 
 /// Helpers every probe gets: `t(name, f)` records f's value or its errno; `sc(nr, ...)` is a raw
 /// syscall returning `[ret, errno]` (errno 0 on success); `read`/`write` of whole files.
@@ -110,6 +114,23 @@ pub fn no_route() -> i64 {
 ///   does not read.
 pub fn seccomp_violations_recorded() -> bool {
     per_level(true, false, false)
+}
+
+/// Stockade's own processes the command sees in its PID namespace, by pid, with their
+/// `/proc/<pid>/cmdline`; the command's own pid comes after them.
+/// - container (and microvm, whose guest runs the same container jail): PID 1, the agent
+///   (`__launch`, the sandbox uid, non-dumpable).
+/// - gvisor: PID 1, the guest shim (`__guest gvisor`, root in the sandbox, non-dumpable, only
+///   CAP_KILL left), and PID 2, the agent (`__direct`, the sandbox uid, non-dumpable).
+pub fn stockade_pids() -> Vec<(u32, &'static str)> {
+    per_level(
+        vec![(1, "/proc/self/exe\0__launch\0")],
+        vec![
+            (1, "/.stockade/stockade-guest\0__guest\0gvisor\0"),
+            (2, "/proc/self/exe\0__direct\0"),
+        ],
+        vec![(1, "/proc/self/exe\0__launch\0")],
+    )
 }
 
 /// The flags every `stockade run` of the suite gets for the level under test.
