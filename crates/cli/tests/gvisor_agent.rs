@@ -6,6 +6,7 @@
 //! - when the command kills the agent, the shim's kill(-1) ends every process of the sandbox at
 //!   once: the command does not run on without its agent, and the run fails closed (exit 125,
 //!   "the sandbox ended without reporting the command's status").
+//!
 //! Runs as root (runsc) with the static guest build (scripts/setup-microvm).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

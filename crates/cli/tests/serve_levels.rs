@@ -49,6 +49,166 @@ fn egress_through_the_api_at_microvm() {
     );
 }
 
+#[test]
+fn escapes_through_the_api_at_gvisor() {
+    escape_at("gvisor", "level = \"gvisor\"\n");
+}
+
+#[test]
+fn escapes_through_the_api_at_microvm() {
+    escape_at(
+        "microvm",
+        "level = \"microvm\"\n[security]\nallow_emulated = true\n",
+    );
+}
+
+/// The escape suite's walls through the API (the suite itself, tests/escape, drives
+/// `stockade run`): a secret file on the host, a secret in the server's own environment, a TCP
+/// listener on the host's loopback, and the read-only root. Each attack is refused with its
+/// exact errno; the control shows each probe works where the wall is not (the host reads the
+/// file and reaches the listener; inside, the same write lands in HOME); no secret is in the
+/// output or the audit trail read through the API, which records the attempt
+/// (`exec.started`/`exec.exited` with its exit status). Nothing of ours refuses these with an
+/// event: the file does not exist inside, the listener is on another loopback, the root is a
+/// read-only mount (tests/escape/README.md says the same at the container level).
+fn escape_at(level: &str, level_policy: &str) {
+    let nonce = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let file_secret = format!("FILE-SECRET-{nonce}");
+    let env_secret = format!("ENV-SECRET-{nonce}");
+    let canary = std::path::PathBuf::from(format!("/opt/stockade-api-canary-{nonce}"));
+    std::fs::write(&canary, &file_secret).unwrap();
+    struct Rm(std::path::PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _rm = Rm(canary.clone());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            if c.is_ok() {
+                h.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    // Controls on the host: the file reads, the listener answers.
+    assert_eq!(std::fs::read_to_string(&canary).unwrap(), file_secret);
+    drop(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
+    let until = Instant::now() + Duration::from_secs(5);
+    while hits.load(Ordering::SeqCst) != 1 {
+        assert!(
+            Instant::now() < until,
+            "the control connection was not counted"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let srv = Server::start_with_env(&[], &[("STOCKADE_API_CANARY", &env_secret)]);
+    // Control: the secret is in the server's own environment on the host.
+    let environ = std::fs::read(format!("/proc/{}/environ", srv.pid())).unwrap();
+    assert!(
+        environ
+            .split(|&b| b == 0)
+            .any(|kv| kv == format!("STOCKADE_API_CANARY={env_secret}").as_bytes()),
+        "the server runs without the canary"
+    );
+    let tpl = format!("escape-{level}");
+    add_template(&srv, &tpl, level_policy);
+    let (id, _) = srv.create(&json!({ "template": tpl }));
+    match &srv.events(&id)[0].kind {
+        EventKind::SandboxCreated { enforced, .. } => assert_eq!(enforced.level, level),
+        other => panic!("{other:?}"),
+    }
+    let probe = format!(
+        r#"import errno, json, os, socket
+r = {{}}
+def err(f):
+    try:
+        f(); return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+r["canary"] = err(lambda: open("{canary}").read())
+r["env"] = os.environ.get("STOCKADE_API_CANARY")
+seen = []
+for p in os.listdir("/proc"):
+    if p.isdigit():
+        try:
+            if b"STOCKADE_API_CANARY=" in open(f"/proc/{{p}}/environ", "rb").read():
+                seen.append(p)
+        except OSError:
+            pass
+r["environ_with_secret"] = seen
+r["connect"] = err(lambda: socket.create_connection(("127.0.0.1", {port}), timeout=5))
+r["write_usr"] = err(lambda: open("/usr/stockade-escape-{nonce}", "w"))
+r["write_home"] = err(lambda: open(os.path.expanduser("~/control-{nonce}"), "w"))
+print(json.dumps(r, sort_keys=True))
+"#,
+        canary = canary.display(),
+    );
+    let v = srv.exec_wait(&id, &json!({"argv": ["python3", "-c", probe]}));
+    assert_eq!(v["exit_code"], 0, "{v}");
+    let got: serde_json::Value = serde_json::from_str(v["stdout"].as_str().unwrap().trim())
+        .unwrap_or_else(|e| panic!("{e}: {v}"));
+    assert_eq!(
+        got,
+        json!({
+            "canary": "ENOENT",
+            "env": null,
+            "environ_with_secret": [],
+            "connect": "ECONNREFUSED",
+            // gVisor checks the permission (root's /usr, the sandbox user) before the
+            // read-only mount: EACCES; Linux (the microVM guest) says EROFS. Refused either way.
+            "write_usr": if level == "gvisor" { "EACCES" } else { "EROFS" },
+            "write_home": "ok",
+        }),
+        "at {level}"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the host's listener was reached from inside"
+    );
+    assert!(!v.to_string().contains(&file_secret) && !v.to_string().contains(&env_secret));
+    assert!(
+        !std::path::Path::new("/usr")
+            .join(format!("stockade-escape-{nonce}"))
+            .exists()
+    );
+    // The attempt is in the trail (read through the API), no secret value is.
+    let r = srv.get(&format!("/v1/sandboxes/{id}/events"), Auth::Key);
+    let text = r.text();
+    assert!(!text.contains(&file_secret) && !text.contains(&env_secret));
+    let events = srv.events(&id);
+    assert!(
+        events.iter().any(|e| matches!(&e.kind,
+            EventKind::ExecStarted { argv, .. } if argv.first().map(String::as_str) == Some("python3"))),
+        "{text}"
+    );
+    assert!(
+        events.iter().any(|e| matches!(
+            &e.kind,
+            EventKind::ExecExited {
+                exit_code: Some(0),
+                ..
+            }
+        )),
+        "{text}"
+    );
+    let k = srv.req("DELETE", &format!("/v1/sandboxes/{id}"), Auth::Key, None);
+    assert_eq!(k.status, 204, "{}", k.text());
+}
+
 /// An HTTP server on `ip` answering "hello from IP"; counts connections.
 fn http_server(ip: &str) -> (u16, Arc<AtomicUsize>) {
     let l = std::net::TcpListener::bind((ip, 0)).unwrap();

@@ -92,6 +92,12 @@ pub enum Auth<'a> {
 
 impl Server {
     pub fn start(extra: &[&str]) -> Server {
+        Server::start_with_env(extra, &[])
+    }
+
+    /// As [`Server::start`], with these variables added to the server's environment (a canary
+    /// a sandbox must never see).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         require_root();
         let state = tempfile::Builder::new()
             .prefix("stockade-serve-data-")
@@ -105,6 +111,7 @@ impl Server {
             .arg(state.path())
             .args(["serve", "--listen", &listen])
             .args(extra)
+            .envs(env.iter().copied())
             .env_remove("STOCKADE_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -142,6 +149,11 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         s
+    }
+
+    /// The server's host pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn new_key(state: &Path, name: &str) -> String {

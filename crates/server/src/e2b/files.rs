@@ -456,7 +456,8 @@ async fn copy_body<S: Stream<Item = std::io::Result<Bytes>>>(
 
 /// Reads and drops the rest of a failed upload's body (bounded by [`DRAIN_BYTES`] and
 /// [`DRAIN_TIME`]).
-async fn drain<S: Stream<Item = std::io::Result<Bytes>>>(mut body: Pin<&mut S>) {
+/// Also the native API's upload's, after a failure.
+pub(crate) async fn drain<S: Stream<Item = Result<Bytes, E>>, E>(mut body: Pin<&mut S>) {
     let deadline = tokio::time::Instant::now() + DRAIN_TIME;
     let mut n = 0usize;
     while let Ok(Some(Ok(c))) = tokio::time::timeout_at(deadline, body.next()).await {

@@ -216,6 +216,11 @@ pub async fn upload(
     .await;
     // Every byte is in the file (or the error from inside says why not: above the container
     // level a full disk inside reaches this side as a broken pipe, and its ENOSPC from here).
+    if copied.is_err() {
+        // The client may still be sending: read (and drop) the rest, bounded, so that it gets
+        // the answer instead of a broken connection.
+        crate::e2b::files::drain(std::pin::pin!(stream)).await;
+    }
     let finished = sb.session.finish_write(f.into_std().await).await;
     let copied = match (copied, finished) {
         (Ok(()), Ok(())) => Ok(()),
