@@ -504,24 +504,41 @@ pub fn write_bundle_with_args(
             let rw = ws.kind == WorkspaceKind::Rw;
             lay.push(bind(&ws.host, &ws.target, rw, false), Want::Dir)?;
             if rw {
+                // As at the container level (stockade_jail::rootfs pin/protect): a pinned
+                // directory is bound over itself (rw: it can be neither renamed nor removed), a
+                // pinned regular file and every protected path are read-only binds over
+                // themselves, missing ones are skipped, and a symlink is refused: following it
+                // would protect the wrong thing and leave the real one writable (a
+                // `.git/hooks -> ../real-hooks` would take a planted hook that git on the host
+                // runs).
+                let refuse = |rel: &Path| {
+                    format!(
+                        "refusing to protect {}: it is a symlink (set workspace.protect_git = false to allow)",
+                        rel.display()
+                    )
+                };
                 for rel in &ws.pin {
-                    if let Ok(m) = fs::symlink_metadata(ws.host.join(rel))
-                        && m.is_dir()
-                    {
-                        lay.push(
-                            bind(&ws.host.join(rel), &ws.target.join(rel), true, false),
-                            Want::Dir,
-                        )?;
-                    }
-                }
-                for rel in &ws.protect {
-                    // Missing ones are skipped; a symlink is not followed to its target.
                     let h = ws.host.join(rel);
                     let Ok(m) = fs::symlink_metadata(&h) else {
                         continue;
                     };
                     if m.file_type().is_symlink() {
+                        return Err(refuse(rel));
+                    }
+                    let (writable, want) = if m.is_dir() {
+                        (true, Want::Dir)
+                    } else {
+                        (false, Want::File)
+                    };
+                    lay.push(bind(&h, &ws.target.join(rel), writable, false), want)?;
+                }
+                for rel in &ws.protect {
+                    let h = ws.host.join(rel);
+                    let Ok(m) = fs::symlink_metadata(&h) else {
                         continue;
+                    };
+                    if m.file_type().is_symlink() {
+                        return Err(refuse(rel));
                     }
                     let want = if m.is_dir() { Want::Dir } else { Want::File };
                     lay.push(bind(&h, &ws.target.join(rel), false, false), want)?;
