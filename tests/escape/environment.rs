@@ -126,9 +126,6 @@ fn reversed(s: &str) -> String {
 
 #[test]
 fn host_environment_variables_do_not_reach_the_sandbox() {
-    if outside_subset("environment::host_environment_variables_do_not_reach_the_sandbox") {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let values: Vec<(String, String)> = SECRET_NAMES
@@ -305,9 +302,6 @@ fn pipe_bytes(r: &mut std::fs::File) -> Vec<u8> {
 
 #[test]
 fn inherited_descriptors_are_closed_before_the_command_runs() {
-    if outside_subset("environment::inherited_descriptors_are_closed_before_the_command_runs") {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let mut l = leaks();
@@ -429,9 +423,6 @@ done()
 /// backend log, write-only), opens and reads nothing (EBADF) — asserted below.
 #[test]
 fn the_agents_environ_memory_and_descriptors_are_unreadable() {
-    if outside_subset("environment::the_agents_environ_memory_and_descriptors_are_unreadable") {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     for (pid, cmdline) in stockade_pids() {
@@ -654,9 +645,6 @@ fn sandbox_processes(sup: u32, ws: &Path) -> Option<Vec<(String, u32)>> {
 /// for its own pid too: the control); kill's ESRCH is the answer there.
 #[test]
 fn the_supervisors_environment_is_not_reachable_from_any_pid() {
-    if outside_subset("environment::the_supervisors_environment_is_not_reachable_from_any_pid") {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let ws = tempfile::Builder::new()

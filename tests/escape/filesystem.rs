@@ -56,9 +56,6 @@ done()
 
 #[test]
 fn the_secret_file_cannot_be_read_by_dotdot_or_absolute_path() {
-    if outside_subset("filesystem::the_secret_file_cannot_be_read_by_dotdot_or_absolute_path") {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let run = Sandbox::new("dotdot")
@@ -112,9 +109,6 @@ fn plant_links(ws: &Path, c: &Canaries) {
 
 #[test]
 fn symlinks_to_the_secret_resolve_inside_the_sandbox_root() {
-    if outside_subset("filesystem::symlinks_to_the_secret_resolve_inside_the_sandbox_root") {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let ws = ws_tmp();
@@ -216,9 +210,6 @@ done()
 
 #[test]
 fn proc_root_and_cwd_links_of_every_visible_pid_lead_nowhere() {
-    if outside_subset("filesystem::proc_root_and_cwd_links_of_every_visible_pid_lead_nowhere") {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let run = Sandbox::new("proc links")
@@ -353,9 +344,6 @@ done()
 /// it was the host's decision; the sandbox cannot make such a link itself.
 #[test]
 fn hard_links_cannot_reach_the_secret() {
-    if outside_subset("filesystem::hard_links_cannot_reach_the_secret") {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let ws = opt_dir("stockade-escape-ws-");
@@ -505,11 +493,6 @@ fn open_fd(p: &Path, flags: i32) -> OwnedFd {
 
 #[test]
 fn a_leaked_descriptor_of_the_secret_is_closed_before_the_command_runs() {
-    if outside_subset(
-        "filesystem::a_leaked_descriptor_of_the_secret_is_closed_before_the_command_runs",
-    ) {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let dir = c.file.parent().unwrap();
@@ -667,11 +650,6 @@ done()
 /// seccomp is the wall the events come from and the capability is the second.
 #[test]
 fn open_by_handle_at_is_refused_by_seccomp_and_then_by_the_capability_check() {
-    if outside_subset(
-        "filesystem::open_by_handle_at_is_refused_by_seccomp_and_then_by_the_capability_check",
-    ) {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let (ty, hex) = host_handle(&c.file);
@@ -752,10 +730,6 @@ done()
 
 #[test]
 fn writes_outside_the_workspace_fail_and_leave_the_host_untouched() {
-    if outside_subset("filesystem::writes_outside_the_workspace_fail_and_leave_the_host_untouched")
-    {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let n = unique("w");
@@ -920,9 +894,6 @@ fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn git_hooks_and_config_are_read_only_inside() {
-    if outside_subset("filesystem::git_hooks_and_config_are_read_only_inside") {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let run = Sandbox::new("git protect")
@@ -1042,9 +1013,6 @@ done()
 
 #[test]
 fn git_protection_cannot_be_bypassed_by_renaming_dot_git() {
-    if outside_subset("filesystem::git_protection_cannot_be_bypassed_by_renaming_dot_git") {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let ws = git_workspace();
@@ -1090,9 +1058,6 @@ done()
 
 #[test]
 fn git_protection_cannot_be_bypassed_by_commondir() {
-    if outside_subset("filesystem::git_protection_cannot_be_bypassed_by_commondir") {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let ws = git_workspace();
@@ -1140,9 +1105,6 @@ fn git_protection_cannot_be_bypassed_by_commondir() {
 /// directory on the host first (as `git init` would), so it exists to be made read-only.
 #[test]
 fn a_missing_git_hooks_directory_cannot_be_created_inside() {
-    if outside_subset("filesystem::a_missing_git_hooks_directory_cannot_be_created_inside") {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let ws = git_workspace();
@@ -1179,9 +1141,6 @@ done()
 /// plants a hook there that git on the host runs (the control shows it landing).
 #[test]
 fn a_symlinked_git_hooks_or_config_is_refused() {
-    if outside_subset("filesystem::a_symlinked_git_hooks_or_config_is_refused") {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let dir = c.file.parent().unwrap().to_path_buf();
@@ -1354,9 +1313,6 @@ fn gvisor_sys(p: &str) -> (i64, i64) {
 /// root). /sys does not exist inside (ENOENT), and / is read-only (EROFS for mkdir).
 #[test]
 fn proc_sys_and_sys_cannot_be_written() {
-    if outside_subset("filesystem::proc_sys_and_sys_cannot_be_written") {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let core_before = std::fs::read("/proc/sys/kernel/core_pattern").unwrap();
@@ -1505,10 +1461,6 @@ fn dev_names() -> Vec<String> {
 /// node that existed would be useless: every writable mount is nodev.
 #[test]
 fn dev_has_only_the_minimal_nodes_and_device_nodes_cannot_be_made() {
-    if outside_subset("filesystem::dev_has_only_the_minimal_nodes_and_device_nodes_cannot_be_made")
-    {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let names = dev_names();

@@ -638,9 +638,6 @@ t("api.test by name", lambda: socket.create_connection(("api.test", api), timeou
 
 #[test]
 fn hard_coded_ips_v6_and_udp_reach_only_the_sandboxs_own_loopback() {
-    if outside_subset("network::hard_coded_ips_v6_and_udp_reach_only_the_sandboxs_own_loopback") {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let api = ApiServer::start();
@@ -794,11 +791,6 @@ t("allowed: GET http://api.test", lambda: proxy_get(f"http://api.test:{api}/"))
 
 #[test]
 fn the_metadata_address_and_other_unroutable_addresses_are_unreachable() {
-    if outside_subset(
-        "network::the_metadata_address_and_other_unroutable_addresses_are_unreachable",
-    ) {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let api = ApiServer::start();
@@ -918,9 +910,6 @@ fn socket_violations(run: &Run) -> usize {
 
 #[test]
 fn raw_and_packet_sockets_are_refused_by_seccomp() {
-    if outside_subset("network::raw_and_packet_sockets_are_refused_by_seccomp") {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     // seccomp: SOCK_RAW / SOCK_PACKET types get EPERM; families other than unix/inet/inet6 get
@@ -1026,9 +1015,6 @@ fn hex_labels(data: &[u8], suffix: &str) -> String {
 
 #[test]
 fn dns_exfiltration_is_answered_locally_and_nothing_leaves_the_host() {
-    if outside_subset("network::dns_exfiltration_is_answered_locally_and_nothing_leaves_the_host") {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let api = ApiServer::start();
@@ -1200,11 +1186,6 @@ done()
 
 #[test]
 fn sni_and_host_mismatches_are_refused_before_reaching_the_allowed_host() {
-    if outside_subset(
-        "network::sni_and_host_mismatches_are_refused_before_reaching_the_allowed_host",
-    ) {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let api = ApiServer::start();
@@ -1271,9 +1252,6 @@ done()
 
 #[test]
 fn names_mapped_to_private_addresses_are_refused_at_connect_time() {
-    if outside_subset("network::names_mapped_to_private_addresses_are_refused_at_connect_time") {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let api = ApiServer::start();
@@ -1387,9 +1365,6 @@ done()
 
 #[test]
 fn the_hosts_abstract_unix_socket_is_out_of_reach() {
-    if outside_subset("network::the_hosts_abstract_unix_socket_is_out_of_reach") {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let api = ApiServer::start();
@@ -1470,9 +1445,6 @@ done()
 
 #[test]
 fn proxy_bypass_with_noproxy_reaches_nothing() {
-    if outside_subset("network::proxy_bypass_with_noproxy_reaches_nothing") {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let api = ApiServer::start();
@@ -1578,9 +1550,6 @@ done()
 
 #[test]
 fn the_gateways_own_ports_refuse_what_they_are_not_for() {
-    if outside_subset("network::the_gateways_own_ports_refuse_what_they_are_not_for") {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let api = ApiServer::start();
@@ -1670,9 +1639,6 @@ done()
 /// audit record", so each dropped query must be a `net.dns` event denied with that code.
 #[test]
 fn malformed_dns_queries_get_no_answer_and_are_recorded() {
-    if outside_subset("network::malformed_dns_queries_get_no_answer_and_are_recorded") {
-        return;
-    }
     require_root("escape suite");
     let c = Canaries::plant();
     let api = ApiServer::start();

@@ -802,3 +802,54 @@ impl Run {
         })
     }
 }
+
+/// `ci-subset.txt` (the cases CI runs at microvm, passed as `--exact` filters) names only cases
+/// that exist, one of every category at least: a misspelled or renamed name would match no test
+/// and silently run nothing. This check is itself in the list, so running the subset runs it.
+#[test]
+fn ci_subset_names_cases_that_exist() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/escape");
+    let list = std::fs::read_to_string(dir.join("ci-subset.txt")).unwrap();
+    let names: Vec<&str> = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let mut categories = std::collections::BTreeSet::new();
+    for name in &names {
+        let (module, case) = name
+            .split_once("::")
+            .unwrap_or_else(|| panic!("ci-subset.txt: {name:?} is not module::case"));
+        let src = std::fs::read_to_string(dir.join(format!("{module}.rs")))
+            .unwrap_or_else(|e| panic!("ci-subset.txt: {name}: no {module}.rs ({e})"));
+        assert!(
+            src.contains(&format!("#[test]\nfn {case}() {{")),
+            "ci-subset.txt: {name} is not a test in {module}.rs"
+        );
+        categories.insert(module);
+    }
+    for cat in [
+        "filesystem",
+        "environment",
+        "kernel",
+        "network",
+        "resources",
+    ] {
+        assert!(
+            categories.contains(cat),
+            "ci-subset.txt has no {cat} case: {names:?}"
+        );
+    }
+    assert!(
+        names.contains(&"support::ci_subset_names_cases_that_exist"),
+        "ci-subset.txt must list this check"
+    );
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        names.len(),
+        "ci-subset.txt lists a name twice"
+    );
+}
