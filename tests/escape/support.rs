@@ -153,41 +153,6 @@ pub fn per_level<T>(container: T, gvisor: T, microvm: T) -> T {
     }
 }
 
-/// `STOCKADE_ESCAPE_SUBSET=ci`: true when `case` is outside the subset CI runs at the slow
-/// levels (microvm under TCG), so the case is not run — it says so on stderr (`--nocapture`
-/// shows it); it is a selection made by whoever set the variable, like a test-name filter, not
-/// a check that passed. Unset or `all`: every case runs. Anything else fails.
-pub fn outside_subset(case: &str) -> bool {
-    match std::env::var("STOCKADE_ESCAPE_SUBSET").as_deref() {
-        Err(_) | Ok("") | Ok("all") => false,
-        Ok("ci") => {
-            let outside = !CI_SUBSET.contains(&case);
-            if outside {
-                eprintln!("{case}: outside STOCKADE_ESCAPE_SUBSET=ci: NOT RUN");
-            }
-            outside
-        }
-        Ok(other) => panic!("STOCKADE_ESCAPE_SUBSET={other:?}: expected ci or all"),
-    }
-}
-
-/// The CI subset (README.md): at least one case of every category, chosen for the walls a
-/// stronger level changes (the filesystem view, the kernel surface, the network path, the limits).
-pub const CI_SUBSET: &[&str] = &[
-    "filesystem::the_secret_file_cannot_be_read_by_dotdot_or_absolute_path",
-    "filesystem::writes_outside_the_workspace_fail_and_leave_the_host_untouched",
-    "environment::host_environment_variables_do_not_reach_the_sandbox",
-    "environment::inherited_descriptors_are_closed_before_the_command_runs",
-    "kernel::the_mount_api_is_denied",
-    "kernel::nested_user_namespaces_cannot_regain_capabilities",
-    "kernel::ptrace_and_process_vm_readv_are_denied",
-    "network::hard_coded_ips_v6_and_udp_reach_only_the_sandboxs_own_loopback",
-    "network::raw_and_packet_sockets_are_refused_by_seccomp",
-    "network::the_hosts_abstract_unix_socket_is_out_of_reach",
-    "resources::memory_bomb_is_oom_killed_at_the_limit_and_the_host_keeps_its_memory",
-    "resources::a_sleep_past_the_timeout_is_killed",
-];
-
 /// Violation events come from the kernel's audit records of the sandbox's unique host uid, which
 /// only a root-launched sandbox has; CI runs as root.
 pub fn require_root(what: &str) {
