@@ -212,21 +212,41 @@ pub(crate) fn serve(plan: &SandboxPlan, mut ctrl: UnixStream, prepared: Prepared
             termination,
             changes,
             changes_error,
-            scratch_full: scratch_full(),
+            scratch_full: scratch_full(plan),
         },
     );
     exit(0)
 }
 
-/// Whether the scratch tmpfs (mounted at /tmp among others) has less than 64 KiB left.
-fn scratch_full() -> bool {
-    // SAFETY: `st` is a valid out-pointer; the path is a static C string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: see above.
-    if unsafe { libc::statvfs(c"/tmp".as_ptr(), &mut st) } != 0 {
-        return false;
+/// Whether a scratch tmpfs has less than 64 KiB left. At the container level one tmpfs backs
+/// /tmp, HOME and /dev/shm (checking any of them is checking it); at the gvisor level runsc
+/// makes one per mount point (and one for a `tmp` workspace), each with its share of the
+/// budget: any of them full counts. Only tmpfs mounts count (a HOME that is a bind of a host
+/// directory is not the scratch budget).
+fn scratch_full(plan: &SandboxPlan) -> bool {
+    let mut paths = vec![
+        PathBuf::from("/tmp"),
+        plan.home.clone(),
+        PathBuf::from("/dev/shm"),
+    ];
+    if plan.workspace.kind == stockade_jail::plan::WorkspaceKind::Tmp {
+        paths.push(plan.workspace.target.clone());
     }
-    (st.f_bavail as u64).saturating_mul(st.f_frsize as u64) < 64 * 1024
+    paths.iter().any(|p| {
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+            return false;
+        };
+        // SAFETY: `st` is a valid out-pointer for the call; `c` is a NUL-terminated path that
+        // lives across it.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: see above.
+        if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+            return false;
+        }
+        st.f_type == libc::TMPFS_MAGIC
+            && st.f_blocks > 0
+            && (st.f_bavail as u64).saturating_mul(st.f_bsize as u64) < 64 * 1024
+    })
 }
 
 fn fd_path(fd: &OwnedFd) -> PathBuf {

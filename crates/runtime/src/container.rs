@@ -28,6 +28,9 @@ pub enum EndReason {
     Memory,
     Output,
     Disk,
+    /// The sandbox ended without a status after the pids limit refused process creations: at
+    /// the gvisor level runsc itself cannot create a thread past it and ends the whole sandbox.
+    Pids,
     Signal(i32),
 }
 
@@ -282,7 +285,9 @@ pub fn run(policy: &Policy, argv: &[String], mut opts: RunOptions) -> Result<Run
                     EndReason::Exited => DestroyReason::Exit,
                     EndReason::Timeout => DestroyReason::Timeout,
                     EndReason::Signal(_) => DestroyReason::Killed,
-                    EndReason::Memory | EndReason::Output | EndReason::Disk => DestroyReason::Limit,
+                    EndReason::Memory | EndReason::Output | EndReason::Disk | EndReason::Pids => {
+                        DestroyReason::Limit
+                    }
                 },
                 None,
             ),
@@ -615,6 +620,11 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
         if s.oom_kills > 0 && matches!(termination, Some(Termination::Signaled(9)) | None) {
             reason = EndReason::Memory;
         }
+        if s.pids_max_hits > 0 && termination.is_none() && reason == EndReason::Exited {
+            // No status, and the pids limit refused process creations: the limit ended the
+            // sandbox (at gvisor, runsc past pids.max), not a broken setup.
+            reason = EndReason::Pids;
+        }
         if s.pids_max_hits > 0 {
             notices.push(format!(
                 "limit: pids limit {} reached ({} process creations refused)",
@@ -645,6 +655,15 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
             format!(
                 "stopped: disk limit {} reached (workspace growth)",
                 human(l.disk)
+            ),
+        )),
+        EndReason::Pids => Some((
+            Limit::Pids,
+            l.pids.to_string(),
+            format!(
+                "killed: pids limit {} reached: the sandbox could not create a process or                  thread it needed and ended ({} process creations refused)",
+                l.pids,
+                stats.as_ref().map_or(0, |s| s.pids_max_hits)
             ),
         )),
         EndReason::Signal(_) | EndReason::Exited => None,
@@ -681,7 +700,11 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
         notices.push(format!("violation: {d}"));
     }
     if let Some(a) = audit {
-        if let Some(s) = stats.as_ref().filter(|s| s.pids_max_hits > 0) {
+        // (When the pids limit ended the run, its one limit.hit is `limit_hit`'s, below.)
+        if let Some(s) = stats
+            .as_ref()
+            .filter(|s| s.pids_max_hits > 0 && reason != EndReason::Pids)
+        {
             a.emit(
                 Some(exec_id),
                 EventKind::LimitHit {

@@ -104,6 +104,15 @@ pub fn main(allow_weaker: bool) -> i32 {
             return fail(format!("dup: {e}"));
         }
     };
+    // Kept to tell, once the tunnel ends, whether the supervisor is gone.
+    let live_check = match liveness.try_clone() {
+        Ok(l) => l,
+        Err(e) => {
+            kill(&mut child);
+            cleanup(&plan, &spec);
+            return fail(format!("dup: {e}"));
+        }
+    };
     let child_pid = child.id() as libc::pid_t;
     {
         let plan = plan.clone();
@@ -152,7 +161,26 @@ pub fn main(allow_weaker: bool) -> i32 {
         let _ = writeln!(std::io::stderr(), "stockade: tunnel: {e}");
     }
     cleanup(&plan, &spec);
+    if hung_up(&live_check) {
+        // The supervisor died (its end of the liveness pipe is closed) and the sandbox ended
+        // with it before the guard's grace period was over: the cgroups are ours to remove,
+        // as the guard would (returning here ends the guard thread with this process).
+        let left = stockade_jail::launch::reap_cgroups(&plan.cgroup_dirs);
+        return if left.is_empty() { 0 } else { 1 };
+    }
     0
+}
+
+/// Whether the other end of the liveness pipe is closed (the supervisor is gone), now.
+fn hung_up(liveness: &OwnedFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: liveness.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid pollfd for the duration of the call; timeout 0.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLIN | libc::POLLERR) != 0
 }
 
 struct Started {
