@@ -180,6 +180,9 @@ pub(crate) fn serve(plan: &SandboxPlan, mut ctrl: UnixStream, prepared: Prepared
         Ok(Some(SupervisorMsg::Go)) => {}
         _ => exit(0),
     }
+    // In a microVM guest the guest kernel's own OOM kills are the memory limit: counted from
+    // here (the count is the whole guest's, which holds nothing but this sandbox).
+    let oom_before = plan.vm_guest.then(guest_oom_kills).flatten();
     let termination = if plan.session {
         // Requests until Stop (or the supervisor is gone); then the same end as a command's.
         crate::session::serve(&sfd, &mut ctrl, bridge.as_mut());
@@ -213,6 +216,9 @@ pub(crate) fn serve(plan: &SandboxPlan, mut ctrl: UnixStream, prepared: Prepared
             changes,
             changes_error,
             scratch_full: scratch_full(plan),
+            guest_oom: oom_before
+                .zip(guest_oom_kills())
+                .is_some_and(|(before, after)| after > before),
         },
     );
     exit(0)
@@ -247,6 +253,14 @@ fn scratch_full(plan: &SandboxPlan) -> bool {
             && st.f_blocks > 0
             && (st.f_bavail as u64).saturating_mul(st.f_bsize as u64) < 64 * 1024
     })
+}
+
+/// The guest kernel's count of OOM kills (`oom_kill` in /proc/vmstat).
+fn guest_oom_kills() -> Option<u64> {
+    std::fs::read_to_string("/proc/vmstat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
 }
 
 fn fd_path(fd: &OwnedFd) -> PathBuf {

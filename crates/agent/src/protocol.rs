@@ -98,6 +98,10 @@ pub enum AgentMsg {
         /// writes there failed with ENOSPC.
         #[serde(default)]
         scratch_full: bool,
+        /// In a microVM guest: the guest kernel OOM-killed something during the run (its RAM
+        /// is the memory limit there).
+        #[serde(default)]
+        guest_oom: bool,
     },
 }
 

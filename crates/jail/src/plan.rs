@@ -159,6 +159,11 @@ pub struct SandboxPlan {
     /// this plan then runs in. None for the container level. Removed before the plan goes inside.
     #[serde(default)]
     pub backend: Option<BackendSpec>,
+    /// Set in a microVM guest's plan: the guest kernel's RAM is the sandbox's memory limit less
+    /// QEMU's share, so the guest kernel's own OOM kills during the run are the memory limit
+    /// (the host's cgroup is not reached), and the agent reports them.
+    #[serde(default)]
+    pub vm_guest: bool,
 }
 
 /// Which runtime carries a sandbox above the container level.

@@ -20,6 +20,10 @@ use stockade_jail::confine::Enforced;
 use stockade_jail::seccomp::SeccompProgram;
 use stockade_policy::{ByteSize, Policy, WorkspaceMode, format_duration};
 
+/// How long a sandbox may take to get ready (boot, confinement) before its command starts; the
+/// policy's timeout counts from then.
+pub const SETUP_LIMIT: Duration = Duration::from_secs(120);
+
 /// Why the run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EndReason {
@@ -450,9 +454,15 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
         _ => None,
     };
     let emitter = audit.map(Audit::emitter);
-    let deadline = Instant::now() + policy.limits.timeout;
+    // The timeout is the command's: it runs from the agent's Ready (a microVM under emulation
+    // takes seconds to boot, which no command timeout should include). Until then the setup
+    // has its own bound, so a backend that never gets ready cannot hold the run forever.
+    let mut deadline = Instant::now() + SETUP_LIMIT;
+    let mut ready = false;
     let mut reason = EndReason::Exited;
     let mut scratch_full = false;
+    // A microVM's guest kernel OOM-killed (its RAM is the memory limit less QEMU's share).
+    let mut guest_oom = false;
     let mut enforced = None;
     let mut stopping: Option<Instant> = None;
     let mut outcome: Option<(Option<Termination>, Option<Vec<Change>>)> = None;
@@ -514,6 +524,8 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
             )) => {}
             Ok(Event::Agent(AgentMsg::Ready { enforced: e })) => {
                 exec_started = Some(Instant::now());
+                ready = true;
+                deadline = Instant::now() + policy.limits.timeout;
                 if let Some(a) = audit {
                     a.emit(None, audit::created(ctx, &e));
                 }
@@ -543,8 +555,10 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
                 changes,
                 changes_error,
                 scratch_full: full,
+                guest_oom: oom,
             })) => {
                 scratch_full = full;
+                guest_oom = oom;
                 if let Some(e) = changes_error {
                     notices.push(format!("overlay: could not list changes: {e}"));
                 }
@@ -573,6 +587,14 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
                 if stopping.is_some() {
                     // The agent did not answer: kill the launcher; PID 1 dies with it (PDEATHSIG).
                     let _ = child.kill();
+                    outcome = Some((None, None));
+                } else if !ready {
+                    // Nothing untrusted has run (the command starts only after Ready).
+                    let _ = child.kill();
+                    setup_error = Some(RunError::Setup(format!(
+                        "the sandbox was not ready within {} s",
+                        SETUP_LIMIT.as_secs()
+                    )));
                     outcome = Some((None, None));
                 } else {
                     reason = EndReason::Timeout;
@@ -617,7 +639,9 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
     let (termination, changes) = outcome.unwrap_or((None, None));
     let stats = cg.map(Cgroup::stats);
     if let Some(s) = &stats {
-        if s.oom_kills > 0 && matches!(termination, Some(Termination::Signaled(9)) | None) {
+        if (s.oom_kills > 0 || guest_oom)
+            && matches!(termination, Some(Termination::Signaled(9)) | None)
+        {
             reason = EndReason::Memory;
         }
         if s.pids_max_hits > 0 && termination.is_none() && reason == EndReason::Exited {

@@ -611,6 +611,7 @@ pub fn build_as(
         egress,
         session: false,
         backend: None,
+        vm_guest: false,
     }
 }
 

@@ -76,6 +76,7 @@ fn plan(ro: &Path, rw: &Path) -> SandboxPlan {
         egress: false,
         session: false,
         backend: None,
+        vm_guest: false,
     }
 }
 

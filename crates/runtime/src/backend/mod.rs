@@ -43,6 +43,22 @@ pub fn spec(
         Level::Gvisor => BackendLevel::Gvisor,
         Level::Microvm => BackendLevel::Microvm,
     };
+    if level == BackendLevel::Microvm {
+        let least = vmm::VMM_OVERHEAD + vmm::MIN_GUEST_MEMORY;
+        if policy.limits.memory.0 < least {
+            // Below this QEMU is killed by the limit before the guest boots: refuse up front
+            // with the reason rather than fail later with a dead VMM.
+            return Err(RunError::Usage(format!(
+                "the microvm level needs a memory limit of at least {} MiB (limits.memory / --memory \
+                 is {} MiB): the limit covers QEMU itself (~{} MiB) and the guest's RAM (at least \
+                 {} MiB)",
+                least >> 20,
+                policy.limits.memory.0 >> 20,
+                vmm::VMM_OVERHEAD >> 20,
+                vmm::MIN_GUEST_MEMORY >> 20
+            )));
+        }
+    }
     let guest_bin = guest_binary().map_err(RunError::Unsupported)?;
     let runsc = match level {
         BackendLevel::Gvisor => Some(crate::gvisor::runsc_binary().map_err(RunError::Unsupported)?),

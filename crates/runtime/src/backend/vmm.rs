@@ -393,9 +393,13 @@ fn prepare_microvm(
 /// guest: the guest gets the limit less this.
 pub const VMM_OVERHEAD: u64 = 192 << 20;
 
-/// The guest RAM for a sandbox whose memory limit is `limit` (at least 128 MiB).
+/// The least guest RAM a microVM gets (the kernel, the initramfs, the agent and a command).
+pub const MIN_GUEST_MEMORY: u64 = 128 << 20;
+
+/// The guest RAM for a sandbox whose memory limit is `limit` (at least [`MIN_GUEST_MEMORY`];
+/// `backend::spec` refuses limits below `VMM_OVERHEAD + MIN_GUEST_MEMORY`).
 pub fn guest_memory(limit: u64) -> u64 {
-    limit.saturating_sub(VMM_OVERHEAD).max(128 << 20)
+    limit.saturating_sub(VMM_OVERHEAD).max(MIN_GUEST_MEMORY)
 }
 
 /// Gives this process its own mount namespace with nothing propagating back to the host's: what

@@ -98,6 +98,7 @@ pub fn build_view(
     guest.cgroup_procs.clear();
     guest.cgroup_dirs.clear();
     guest.backend = None;
+    guest.vm_guest = true;
 
     // The view itself: a private tmpfs, so its mount points never touch the host's disk and
     // nothing but the binds below is in it.

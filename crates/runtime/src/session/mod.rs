@@ -193,6 +193,8 @@ struct Teardown {
 #[derive(Default)]
 struct AgentEnd {
     scratch_full: bool,
+    /// A microVM's guest kernel OOM-killed during the session (its RAM is the memory limit).
+    guest_oom: bool,
 }
 
 struct Inner {
@@ -1151,7 +1153,7 @@ impl Inner {
             }
             let cg = self.cgroup.lock().ok().and_then(|mut g| g.take());
             if let Some(cg) = cg {
-                oom = cg.stats().oom_kills > 0;
+                oom = cg.stats().oom_kills > 0 || end.as_ref().is_some_and(|e| e.guest_oom);
                 leftovers = cg.destroy().leftovers;
             }
             if self.tunneled {
@@ -1347,8 +1349,13 @@ fn read_loop(
                     let _ = tx.try_send(WatchEvent::Overflow);
                 }
             }
-            AgentMsg::Exited { scratch_full, .. } => {
+            AgentMsg::Exited {
+                scratch_full,
+                guest_oom,
+                ..
+            } => {
                 end.scratch_full = scratch_full;
+                end.guest_oom = guest_oom;
                 break;
             }
             // One-shot frames have no meaning here; a confused agent is not trusted further.
