@@ -170,15 +170,12 @@ fn control_frames_both_ways_and_a_passed_pipe_arrives_before_its_report() {
     p.finish(true);
 }
 
-#[test]
-fn an_upload_is_in_the_file_before_the_next_request_arrives() {
-    let p = start();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("up");
-    let file = std::fs::File::create(&path).unwrap();
+/// The agent hands over `file` opened inside (an `Opened` reply with it attached); returns the
+/// descriptor the supervisor receives for it.
+fn pass_opened(p: &Pair, file: std::fs::File, path: &str) -> OwnedFd {
     let entry = Entry {
-        name: "up".into(),
-        path: path.display().to_string(),
+        name: path.rsplit('/').next().unwrap_or(path).into(),
+        path: path.into(),
         kind: EntryKind::File,
         size: 0,
         mode: 0o644,
@@ -196,7 +193,16 @@ fn an_upload_is_in_the_file_before_the_next_request_arrives() {
     drop(file);
     let mut reader = FdFrameReader::new(p.sup_ctrl.try_clone().unwrap());
     let _: AgentMsg = reader.next_frame().unwrap().unwrap();
-    let fd = reader.take_fd().unwrap();
+    reader.take_fd().unwrap()
+}
+
+#[test]
+fn an_upload_is_in_the_file_before_the_next_request_arrives() {
+    let p = start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("up");
+    let file = std::fs::File::create(&path).unwrap();
+    let fd = pass_opened(&p, file, &path.display().to_string());
     // A file opened for writing crosses as a socket: the host shuts down its side, then reads
     // the outcome, which is nothing (all written, the file closed) and EOF.
     let mut w = UnixStream::from(fd);
@@ -229,27 +235,7 @@ fn a_failed_write_inside_comes_back_as_its_errno() {
         .write(true)
         .open("/proc/self/timerslack_ns")
         .unwrap();
-    let entry = Entry {
-        name: "timerslack_ns".into(),
-        path: "/proc/self/timerslack_ns".into(),
-        kind: EntryKind::File,
-        size: 0,
-        mode: 0o644,
-        mtime: 0,
-        mtime_nsec: 0,
-        symlink_target: None,
-        uid: 0,
-        gid: 0,
-    };
-    let opened = AgentMsg::FsDone {
-        id: 1,
-        reply: FsReply::Opened { entry },
-    };
-    write_frame_with_fds(&p.agent_ctrl, &opened, &[file.as_raw_fd()]).unwrap();
-    drop(file);
-    let mut reader = FdFrameReader::new(p.sup_ctrl.try_clone().unwrap());
-    let _: AgentMsg = reader.next_frame().unwrap().unwrap();
-    let mut w = UnixStream::from(reader.take_fd().unwrap());
+    let mut w = UnixStream::from(pass_opened(&p, file, "/proc/self/timerslack_ns"));
     // The write may succeed (buffered on the way) or fail once the guest has given up.
     let _ = w.write_all(b"not a number\n");
     let _ = w.shutdown(std::net::Shutdown::Write);
