@@ -685,7 +685,8 @@ fn supervise(ctx: &Ctx<'_>, launched: Launched) -> Result<RunReport, RunError> {
             Limit::Pids,
             l.pids.to_string(),
             format!(
-                "killed: pids limit {} reached: the sandbox could not create a process or                  thread it needed and ended ({} process creations refused)",
+                "killed: pids limit {} reached: the sandbox could not create a process or \
+                 thread it needed and ended ({} process creations refused)",
                 l.pids,
                 stats.as_ref().map_or(0, |s| s.pids_max_hits)
             ),
