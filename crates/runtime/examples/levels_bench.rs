@@ -25,24 +25,11 @@ fn usage() -> ! {
 }
 
 fn facts(workspace: PathBuf) -> HostFacts {
-    let system_links = plan::SYSTEM_DIRS
-        .iter()
-        .filter_map(|d| {
-            let p = PathBuf::from(d);
-            match std::fs::symlink_metadata(&p) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    Some((p.clone(), std::fs::read_link(&p).ok()))
-                }
-                Ok(m) if m.is_dir() => Some((p, None)),
-                _ => None,
-            }
-        })
-        .collect();
     HostFacts {
         euid: 0,
         egid: 0,
         env: vec![],
-        system_links,
+        system_links: plan::system_links(),
         workspace,
         nonce: 1,
     }

@@ -96,26 +96,13 @@ pub fn resolve_workspace(policy: &Policy, base: &Path) -> Result<PathBuf, RunErr
 }
 
 pub(crate) fn host_facts(workspace: PathBuf) -> HostFacts {
-    let system_links = plan::SYSTEM_DIRS
-        .iter()
-        .filter_map(|d| {
-            let p = PathBuf::from(d);
-            match std::fs::symlink_metadata(&p) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    std::fs::read_link(&p).ok().map(|t| (p, Some(t)))
-                }
-                Ok(m) if m.is_dir() => Some((p, None)),
-                _ => None,
-            }
-        })
-        .collect();
     HostFacts {
         // SAFETY: geteuid/getegid take no arguments and cannot fail.
         euid: unsafe { libc::geteuid() },
         // SAFETY: as above.
         egid: unsafe { libc::getegid() },
         env: std::env::vars().collect(),
-        system_links,
+        system_links: plan::system_links(),
         workspace,
         nonce: random_u64() as u32,
     }

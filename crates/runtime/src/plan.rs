@@ -283,6 +283,24 @@ pub fn environment_of(
 }
 
 /// Builds the launch plan for the default login name. The policy must already be validated.
+/// The host's [`SYSTEM_DIRS`] as [`HostFacts::system_links`] wants them: each real directory
+/// (None), each symlink with its target; missing ones (and unreadable links) left out.
+pub fn system_links() -> Vec<(PathBuf, Option<PathBuf>)> {
+    SYSTEM_DIRS
+        .iter()
+        .filter_map(|d| {
+            let p = PathBuf::from(d);
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    std::fs::read_link(&p).ok().map(|t| (p, Some(t)))
+                }
+                Ok(m) if m.is_dir() => Some((p, None)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 pub fn build(policy: &Policy, argv: &[String], host: &HostFacts, extras: Extras) -> SandboxPlan {
     build_as(policy, argv, host, extras, &UserName::default())
 }
