@@ -11,44 +11,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support_serve;
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-/// A tiny HTTP server on `ip`: answers every request with "hello from IP", counts connections.
-fn server(ip: &str) -> (u16, Arc<AtomicUsize>) {
-    let l = TcpListener::bind((ip, 0)).expect("bind a loopback test server");
-    let port = l.local_addr().unwrap().port();
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    let body = format!("hello from {ip}");
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            c.fetch_add(1, Ordering::SeqCst);
-            let body = body.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
-    });
-    (port, count)
-}
+use support_serve::http_server;
 
 /// The isolation level a case runs at.
 #[derive(Clone, Copy, Debug)]
@@ -176,8 +147,8 @@ fn policy(port: u16, allow_private: &str) -> String {
 }
 
 fn an_allowed_name_works_through_the_proxy_and_without_it(level: Level) {
-    let (port, hits) = server("127.0.0.2");
-    let (_cport, canary) = server("127.0.0.3");
+    let (port, hits) = http_server("127.0.0.2");
+    let (_cport, canary) = http_server("127.0.0.3");
     let script = format!(
         "import urllib.request, socket\n\
          print(urllib.request.urlopen('http://api.test:{port}/', timeout=10).read().decode())\n\
@@ -213,8 +184,8 @@ fn an_allowed_name_works_through_the_proxy_and_without_it(level: Level) {
 }
 
 fn an_unlisted_name_gets_nxdomain_and_reaches_nothing(level: Level) {
-    let (port, hits) = server("127.0.0.2");
-    let (cport, canary) = server("127.0.0.3");
+    let (port, hits) = http_server("127.0.0.2");
+    let (cport, canary) = http_server("127.0.0.3");
     let script = format!(
         "import socket, urllib.request\n\
          try:\n    socket.getaddrinfo('evil.test', {cport}); print('resolved')\n\
@@ -261,7 +232,7 @@ fn an_unlisted_name_gets_nxdomain_and_reaches_nothing(level: Level) {
 }
 
 fn a_hard_coded_ip_and_a_private_resolution_are_refused(level: Level) {
-    let (port, hits) = server("127.0.0.2");
+    let (port, hits) = http_server("127.0.0.2");
     // The sandbox's 127.0.0.2 is its own loopback: nothing listens there.
     let script = format!(
         "import socket, urllib.request\n\
@@ -287,7 +258,7 @@ fn a_hard_coded_ip_and_a_private_resolution_are_refused(level: Level) {
 }
 
 fn a_host_header_naming_another_host_is_refused(level: Level) {
-    let (port, hits) = server("127.0.0.2");
+    let (port, hits) = http_server("127.0.0.2");
     let script = format!(
         "import socket\n\
          s = socket.create_connection(('api.test', {port}), timeout=10)\n\
@@ -306,7 +277,7 @@ fn a_host_header_naming_another_host_is_refused(level: Level) {
 }
 
 fn without_the_allowlist_there_is_no_resolver_at_all(level: Level) {
-    let (port, hits) = server("127.0.0.2");
+    let (port, hits) = http_server("127.0.0.2");
     let script = "import socket\ntry:\n    socket.getaddrinfo('api.test', 80); print('resolved')\nexcept socket.gaierror as e: print('gaierror')\n";
     let r = run(level, "", script);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -473,7 +444,7 @@ fn tls_through_the_gateway_checks_the_sni_against_the_name(level: Level) {
 }
 
 fn curl_works_with_and_without_the_proxy_and_a_literal_ip_does_not(level: Level) {
-    let (port, hits) = server("127.0.0.2");
+    let (port, hits) = http_server("127.0.0.2");
     // curl run from python so the probe reports each exit status on its own line.
     let script = format!(
         "import subprocess\n\
@@ -507,7 +478,7 @@ fn curl_works_with_and_without_the_proxy_and_a_literal_ip_does_not(level: Level)
 }
 
 fn open_mode_needs_its_flag_reaches_any_name_but_the_denied_and_is_recorded(level: Level) {
-    let (port, hits) = server("127.0.0.2");
+    let (port, hits) = http_server("127.0.0.2");
     let pol = "[network]\nmode = \"open\"\nallow_open = true\ndeny = [\"blocked.test\"]\n\
                allow_private = [\"127.0.0.2/32\"]\n[network.hosts]\n\"whatever.test\" = \"127.0.0.2\"\n\
                \"blocked.test\" = \"127.0.0.2\"\n";

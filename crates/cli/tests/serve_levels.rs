@@ -14,7 +14,6 @@
 mod support_serve;
 
 use serde_json::json;
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -207,38 +206,6 @@ print(json.dumps(r, sort_keys=True))
     );
     let k = srv.req("DELETE", &format!("/v1/sandboxes/{id}"), Auth::Key, None);
     assert_eq!(k.status, 204, "{}", k.text());
-}
-
-/// An HTTP server on `ip` answering "hello from IP"; counts connections.
-fn http_server(ip: &str) -> (u16, Arc<AtomicUsize>) {
-    let l = std::net::TcpListener::bind((ip, 0)).unwrap();
-    let port = l.local_addr().unwrap().port();
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    let body = format!("hello from {ip}");
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            c.fetch_add(1, Ordering::SeqCst);
-            let body = body.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
-    });
-    (port, count)
 }
 
 /// The allowlist through a session made by the API: the allowed name is fetched (by the proxy
